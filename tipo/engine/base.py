@@ -1,0 +1,75 @@
+"""The interface between the prompt pipeline and whatever runs the model.
+
+The pipeline renders text and tokenises it with :mod:`tipo.tokenizer`; an engine only sees
+token ids. One :meth:`Engine.generate` call runs every row it is given together, each row
+with its own seed and sampling settings, so a WebUI batch costs one batched decode per pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from tipo.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling of one row. Defaults are the reference extension's UI values (format sheet,
+    "Sampling defaults"); ``repetition_penalty`` and ``min_p`` are the reference library's."""
+
+    temperature: float = 0.5
+    top_p: float = 0.95
+    top_k: int = 80
+    min_p: float = 0.1
+    repetition_penalty: float = 1.17
+    max_new_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (0.0 < self.temperature <= 10.0):
+            problems.append(f"temperature={self.temperature!r} (must be in (0, 10])")
+        if not (0.0 < self.top_p <= 1.0):
+            problems.append(f"top_p={self.top_p!r} (must be in (0, 1])")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            problems.append(f"top_k={self.top_k!r} (must be an integer >= 0; 0 disables it)")
+        if not (0.0 <= self.min_p < 1.0):
+            problems.append(f"min_p={self.min_p!r} (must be in [0, 1))")
+        if not (0.0 < self.repetition_penalty <= 10.0):
+            problems.append(f"repetition_penalty={self.repetition_penalty!r} (must be in (0, 10])")
+        if not (isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 1024):
+            problems.append(f"max_new_tokens={self.max_new_tokens!r} (must be an integer in [1, 1024])")
+        if problems:
+            raise InvalidArgument("invalid sampling settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One row: the full model input as ids (BOS included) and the row's own seed.
+
+    ``seed`` is any integer; the engine derives the row's random stream from it alone, never
+    from the row's position in the batch or from a global RNG.
+    """
+
+    input_ids: tuple[int, ...]
+    seed: int
+    sampling: SamplingSettings = SamplingSettings()
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """New token ids of one row, EOS excluded, and whether the row stopped at EOS."""
+
+    new_ids: tuple[int, ...]
+    stopped_at_eos: bool
+
+
+class Engine(Protocol):
+    """Anything that can continue a batch of rows. Implementations must be thread-safe."""
+
+    #: Longest input + output the model was trained on (TIPO v1: 1024 tokens).
+    context_length: int
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Continue every row; results in the order of ``requests``."""
+        ...

@@ -1,0 +1,128 @@
+"""Put the user's own syntax back around what the model added.
+
+Every piece the user typed comes back verbatim, weights, escapes and all: a tag piece sits in
+the template slot of its first tag's category, in the order typed, before the model's new tags
+of that category (escaped, so ``saber (fate)`` stays a name); extra networks, wildcards,
+``BREAK`` and embedding names travel with the piece they followed; NL pieces lead the
+``<|extended|>`` text. Whatever follows the first ``AND`` is appended unchanged.
+The reference instead rebuilt tags from the model's output and re-applied weights only to tags
+it found unchanged, so underscore tags lost theirs (format sheet, "Output formats").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tipo.categorise import categorise_tag, Lookup
+from tipo.formats import apply_template
+from tipo.parse import Parsed
+from tipo.postprocess import dedupe, split_sentences
+from tipo.syntax import Kind, Piece, escape_tag, join_pieces
+
+__all__ = ["compose_prompt"]
+
+_TAG_SLOTS = ("special", "characters", "copyrights", "artist", "general", "meta", "quality", "rating")
+_CONTENT = (Kind.TAGS, Kind.NL)
+
+
+@dataclass
+class _Unit:
+    """A content piece with the protected pieces attached to it."""
+
+    piece: Piece
+    before: list[Piece] = field(default_factory=list)
+    after: list[Piece] = field(default_factory=list)
+
+    def text(self) -> str:
+        return join_pieces([*self.before, self.piece, *self.after])
+
+
+def _units(pieces: tuple[Piece, ...]) -> tuple[list[_Unit], list[Piece]]:
+    """Attach each non-content piece to the content piece before it (or after, at the start).
+    Returns the units and the pieces left over when there is no content at all."""
+    units: list[_Unit] = []
+    pending: list[Piece] = []
+    for piece in pieces:
+        if piece.kind in _CONTENT:
+            units.append(_Unit(piece, before=pending))
+            pending = []
+        elif units:
+            units[-1].after.append(piece)
+        else:
+            pending.append(piece)
+    return units, pending
+
+
+def _split_at_and(pieces: tuple[Piece, ...]) -> tuple[tuple[Piece, ...], tuple[Piece, ...]]:
+    for index, piece in enumerate(pieces):
+        if piece.kind is Kind.AND:
+            return pieces[:index], pieces[index:]
+    return pieces, ()
+
+
+def _new_sentences(user_sentences: list[str], model_text: str) -> tuple[str, list[str]]:
+    """Sentences the model added, and the tail it appended to the user's last sentence."""
+    user = set(user_sentences)
+    tail = ""
+    new = []
+    for sentence in split_sentences(model_text):
+        if sentence in user:
+            continue
+        last = user_sentences[-1] if user_sentences else ""
+        if last and not tail and sentence.startswith(last) and len(sentence) > len(last):
+            tail = sentence[len(last):]
+            continue
+        new.append(sentence)
+    return tail, new
+
+
+def compose_prompt(
+    pieces: tuple[Piece, ...], extra_nl: str, final: Parsed, template: str, lookup: Lookup
+) -> str:
+    """The final prompt: ``final`` (the last pass's cleaned fields) in ``template``."""
+    head, rest = _split_at_and(pieces)
+    units, leftover = _units(head)
+    slots: dict[str, list[str]] = {slot: [] for slot in _TAG_SLOTS}
+    user_keys: set[str] = set()
+    nl_texts: list[str] = []
+    user_sentences: list[str] = []
+    for unit in units:
+        if unit.piece.kind is Kind.NL:
+            nl_texts.append(unit.text())
+            user_sentences += split_sentences(unit.piece.clean)
+            continue
+        stored = [categorise_tag(tag, lookup) for tag in unit.piece.tags]
+        user_keys.update(name for _, name in stored)
+        slots[stored[0][0]].append(unit.text())
+    if extra_nl.strip():
+        nl_texts.append(extra_nl.strip())
+        user_sentences += split_sentences(extra_nl)
+
+    for slot in _TAG_SLOTS:
+        found = final.get(slot, [])
+        if isinstance(found, list):
+            new = [escape_tag(tag) for tag in dedupe(found) if tag not in user_keys]
+            slots[slot] += new
+            user_keys.update(found)
+
+    tail, new_extended = _new_sentences(user_sentences, str(final.get("extended", "")))
+    _, new_generated = _new_sentences(user_sentences, str(final.get("generated", "")))
+    user_nl = " ".join(nl_texts)
+    if tail and user_nl:
+        user_nl = user_nl.rstrip(". ") + tail
+    extended = " ".join(t for t in [_sentence_text(user_nl), ". ".join(new_extended)] if t)
+    values: dict[str, object] = dict(slots)
+    values["extended"] = extended.rstrip(". ").strip()
+    values["generated"] = ". ".join(new_generated)
+    text = apply_template(template, values)  # type: ignore[arg-type]
+    if leftover:
+        text = join_pieces([Piece(Kind.TAGS, text), *leftover]) if text else join_pieces(leftover)
+    if rest:
+        text = join_pieces([Piece(Kind.TAGS, text), *rest]) if text else join_pieces(rest)
+    return text
+
+
+def _sentence_text(text: str) -> str:
+    """``text`` ending with a sentence mark when something follows it."""
+    text = text.strip()
+    return text if not text or text[-1] in ".!?" else text + "."
