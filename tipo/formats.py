@@ -5,8 +5,10 @@ A template holds placeholders ``<|special|>``, ``<|characters|>``, ``<|copyright
 ``<|generated|>`` and ``<|extended|>``. Lists are joined with ``, ``; ``<|extended|>`` falls
 back to ``<|generated|>`` when empty (and the other way round); an empty placeholder vanishes
 with the separator after it (``,`` or ``.``: the reference left a lone ``.``), and lines left
-with only separators vanish. Runs of blank lines and spaces collapse. All placeholders are
-filled in one pass, so a value that looks like a placeholder is never expanded again.
+with only separators vanish. Runs of blank lines and spaces in the template collapse; the
+values are never touched (the reference also collapsed spaces inside the user's tags). All
+placeholders are filled in one pass, so a value that looks like a placeholder is never
+expanded again.
 """
 
 from __future__ import annotations
@@ -67,14 +69,23 @@ def _text(value: Value | None) -> str:
 
 def apply_template(template: str, values: Mapping[str, Value]) -> str:
     """Fill ``template``; see the module docstring for the rules."""
+    template = template.translate({0: None, 1: None, 2: None})  # our markers below
     filled = {name: _text(values.get(name)) for name in PLACEHOLDERS}
     if not filled["extended"]:
         filled["extended"] = filled["generated"]
     elif not filled["generated"] and "<|extended|>" not in template:
         filled["generated"] = filled["extended"]
 
+    # Values go in as opaque markers, so the clean-up below touches only the template's own
+    # text and never a user's tag (a tag "." or a double space stays as typed).
+    values_in: list[str] = []
+
     def fill(match: re.Match[str]) -> str:
-        return filled.get(match.group(1), "") or "\0"
+        value = filled.get(match.group(1), "")
+        if not value:
+            return "\0"
+        values_in.append(value)
+        return f"\x01{len(values_in) - 1}\x02"
 
     text = _PLACEHOLDER.sub(fill, template)
     text = re.sub(r"\0[ \t]*[,.]?", "", text)
@@ -84,5 +95,5 @@ def apply_template(template: str, values: Mapping[str, Value]) -> str:
         line = re.sub(r"^(?:[,.][ \t]*)+", "", line)
         line = re.sub(r"(?:,[ \t]*){2,}", ", ", line)
         lines.append(line)
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-    return text.strip(",").strip()
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip().strip(",").strip()
+    return re.sub("\x01(\\d+)\x02", lambda m: values_in[int(m.group(1))], text)

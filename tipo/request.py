@@ -18,7 +18,7 @@ from tipo.errors import InvalidArgument
 from tipo.formats import template_for
 from tipo.plan import LENGTHS, Length, Mode, Pass, plan_passes
 from tipo.render import MetaLines, aspect_ratio_text, general_text, meta_lines, render_input
-from tipo.syntax import Kind, ParsedPrompt, parse_prompt
+from tipo.syntax import Kind, ParsedPrompt, clean_text, parse_prompt
 
 __all__ = ["ExpandRequest", "Prepared", "prepare", "resolve_seed", "pass_seed", "RANDOM_SEED"]
 
@@ -119,7 +119,7 @@ def prepare(request: ExpandRequest, lookup: Lookup) -> Prepared:
     parsed = parse_prompt(request.prompt, protected_words=request.protected_words)
     head = _first_subprompt(parsed)
     tag_map = categorise(head.tags, lookup)
-    nl = join_sentences(head.sentences + [request.nl_prompt])
+    nl = join_sentences(head.sentences + [clean_text(request.nl_prompt)])
     template = template_for(request.mode, request.template)
     meta = meta_lines(tag_map, aspect_ratio_text(request.width, request.height))
     passes = plan_passes(

@@ -4,7 +4,9 @@ Every piece the user typed comes back verbatim, weights, escapes and all: a tag 
 the template slot of its first tag's category, in the order typed, before the model's new tags
 of that category (escaped, so ``saber (fate)`` stays a name); extra networks, wildcards,
 ``BREAK`` and embedding names travel with the piece they followed; NL pieces lead the
-``<|extended|>`` text. Whatever follows the first ``AND`` is appended unchanged.
+``<|extended|>`` text. Whatever follows the first ``AND`` is appended unchanged. A template
+without a category's slot (``nl_only``) drops the user's tags of that category, never the
+networks, wildcards or ``BREAK`` they carried: those are appended.
 The reference instead rebuilt tags from the model's output and re-applied weights only to tags
 it found unchanged, so underscore tags lost theirs (format sheet, "Output formats").
 """
@@ -86,14 +88,21 @@ def compose_prompt(
     user_keys: set[str] = set()
     nl_texts: list[str] = []
     user_sentences: list[str] = []
+    has_nl_slot = "<|extended|>" in template or "<|generated|>" in template
     for unit in units:
+        if unit.piece.kind is Kind.NL and not has_nl_slot and "<|general|>" in template:
+            slots["general"].append(unit.text())  # a tags-only layout keeps sentences as tags
+            continue
         if unit.piece.kind is Kind.NL:
             nl_texts.append(unit.text())
             user_sentences += split_sentences(unit.piece.clean)
             continue
         stored = [categorise_tag(tag, lookup) for tag in unit.piece.tags]
         user_keys.update(name for _, name in stored)
-        slots[stored[0][0]].append(unit.text())
+        if f"<|{stored[0][0]}|>" in template:
+            slots[stored[0][0]].append(unit.text())
+        else:  # the template drops this category: keep what the piece carried all the same
+            leftover += [*unit.before, *unit.after]
     if extra_nl.strip():
         nl_texts.append(extra_nl.strip())
         user_sentences += split_sentences(extra_nl)

@@ -132,17 +132,21 @@ def parse_prompt(
 
 
 def join_pieces(pieces: Iterable[Piece]) -> str:
-    """Join pieces back into WebUI syntax: commas between tag pieces, networks glued on."""
+    """Join pieces back into WebUI syntax: commas between content pieces; networks, ``BREAK``
+    and ``AND`` glued on with spaces."""
     out = ""
+    glue = (Kind.NETWORK, Kind.BREAK, Kind.AND)
+    previous: Kind | None = None
     for piece in pieces:
-        if not out:
+        if not piece.text:
+            continue
+        if previous is None:
             out = piece.text
-        elif piece.kind in (Kind.NETWORK, Kind.BREAK, Kind.AND):
-            out += " " + piece.text
-        elif out.endswith((" BREAK", " AND")):
+        elif piece.kind in glue or previous in (Kind.BREAK, Kind.AND):
             out += " " + piece.text
         else:
             out += ", " + piece.text
+        previous = piece.kind
     return out
 
 
@@ -221,7 +225,7 @@ def _classify_text(text: str, protected: frozenset[str]) -> Piece:
 
 
 def _words(text: str) -> int:
-    return len(_WORD.findall(text))
+    return sum(1 for word in text.split() if _WORD.match(word))
 
 
 def _mark_sentences(pieces: list[Piece]) -> list[Piece]:
