@@ -38,3 +38,7 @@ class TagDatabaseError(TipoError, RuntimeError):
 
 class GenerationError(TipoError, RuntimeError):
     """The engine failed while generating; the original prompt must be kept."""
+
+
+class UnsupportedModelError(ModelNotFoundError):
+    """The model exists but is not a LLaMA TIPO model this package can run (e.g. the v2 ids)."""

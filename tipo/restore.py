@@ -117,12 +117,17 @@ def compose_prompt(
     tail, new_extended = _new_sentences(user_sentences, str(final.get("extended", "")))
     _, new_generated = _new_sentences(user_sentences, str(final.get("generated", "")))
     user_nl = " ".join(nl_texts)
-    if tail and user_nl:
-        user_nl = user_nl.rstrip(". ") + tail
+    if tail and user_nl and user_nl[-1] not in ".!?":
+        user_nl += tail  # the model went on with the user's unfinished sentence
+    elif tail.strip(" ,;:"):
+        new_extended.insert(0, tail.strip(" ,;:"))  # the user's text stays exactly as typed
     extended = " ".join(t for t in [_sentence_text(user_nl), ". ".join(new_extended)] if t)
     values: dict[str, object] = dict(slots)
     values["extended"] = extended.rstrip(". ").strip()
     values["generated"] = ". ".join(new_generated)
+    if "<|extended|>" not in template and user_nl:
+        # A layout with only the generated text still keeps what the user wrote, first.
+        values["generated"] = " ".join(t for t in [_sentence_text(user_nl), values["generated"]] if t).rstrip(". ")
     text = apply_template(template, values)  # type: ignore[arg-type]
     if leftover:
         text = join_pieces([Piece(Kind.TAGS, text), *leftover]) if text else join_pieces(leftover)

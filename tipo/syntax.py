@@ -232,7 +232,7 @@ def _mark_sentences(pieces: list[Piece]) -> list[Piece]:
     """Turn tag pieces that read as natural language into NL pieces.
 
     Danbooru tags are lowercase and short, so a piece is a sentence when it has six or more
-    words or contains a sentence break (``". "``); a run of pieces is one sentence when it
+    words, or three or more and a sentence break (``". "``); a run of pieces is one sentence when it
     starts with a capitalised word, ends with ``.``, ``!`` or ``?`` and holds four or more
     words in all (``A girl, standing in the rain, looks up.``).
     """
@@ -244,7 +244,8 @@ def _mark_sentences(pieces: list[Piece]) -> list[Piece]:
             i += 1
             continue
         text = piece.clean
-        if _words(text) >= 6 or ". " in text:
+        words = _words(text)
+        if words >= 6 or (words >= 3 and ". " in text):
             out[i] = Piece(Kind.NL, piece.text, piece.tags)
             i += 1
             continue

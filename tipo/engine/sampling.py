@@ -1,0 +1,189 @@
+"""Per-row sampling on a batch of next-token logits.
+
+transformers' ``generate`` applies one set of sampling settings and one global RNG to a whole
+batch; a WebUI batch needs each image's row to have its own settings and its own seed, and a row
+must come out the same whether it runs alone or beside others. So the filtering here is done
+row by row with tensors of per-row settings, and each row draws from its own
+``torch.Generator``.
+
+The filters reproduce transformers' ``RepetitionPenaltyLogitsProcessor``,
+``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper`` and
+``MinPLogitsWarper`` value for value (``tests/test_engine_hf.py`` compares them on the same
+logits), in the order ``GenerationMixin._get_logits_processor`` applies them in 4.30 to 5.x:
+repetition penalty, temperature, top-k, top-p, min-p.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from tipo.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import torch
+
+    from tipo.engine.base import SamplingSettings
+
+__all__ = ["RowParams", "derive_seed", "make_generator", "warp_logits", "draw_tokens"]
+
+
+def derive_seed(seed: int) -> int:
+    """Map any integer seed (negative, 0, beyond 64 bits) to a 63-bit generator seed.
+
+    Hashing rather than masking keeps nearby seeds (``s`` and ``s + 2**64``, ``-1`` and
+    ``2**64 - 1``) from sharing a stream, and the result fits every torch generator.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InvalidArgument(f"seed={seed!r} (must be an integer)")
+    digest = hashlib.sha256(b"tipo-seed:" + str(int(seed)).encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded from ``seed`` alone; the global RNG is never touched.
+
+    Falls back to a CPU generator where the backend has none of its own (older MPS builds);
+    :func:`draw_tokens` then draws the noise on the CPU and moves it over.
+    """
+    import torch
+
+    try:
+        generator = torch.Generator(device=device)
+    except RuntimeError:
+        generator = torch.Generator(device="cpu")
+    generator.manual_seed(derive_seed(seed))
+    return generator
+
+
+@dataclass(frozen=True)
+class RowParams:
+    """Sampling settings of a batch as column tensors, built once per batch.
+
+    Shapes: ``penalty``, ``temperature``, ``top_p_cut``, ``min_p`` are ``[B, 1]`` float32;
+    ``top_k`` is ``[B]`` int64. ``top_p_cut`` is ``1 - top_p``, computed in Python like
+    transformers does, so the threshold compares equal bit for bit.
+    """
+
+    penalty: torch.Tensor
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p_cut: torch.Tensor
+    use_top_p: torch.Tensor
+    min_p: torch.Tensor
+    max_top_k: int
+    any_top_p: bool
+    any_min_p: bool
+
+    @classmethod
+    def build(cls, settings: Sequence[SamplingSettings], device: torch.device) -> RowParams:
+        import torch
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+        return cls(
+            penalty=column([s.repetition_penalty for s in settings]),
+            temperature=column([s.temperature for s in settings]),
+            top_k=torch.tensor([s.top_k for s in settings], dtype=torch.long, device=device),
+            top_p_cut=column([1 - s.top_p for s in settings]),
+            use_top_p=torch.tensor([[s.top_p < 1.0] for s in settings], dtype=torch.bool, device=device),
+            min_p=column([s.min_p for s in settings]),
+            max_top_k=max(s.top_k for s in settings),
+            any_top_p=any(s.top_p < 1.0 for s in settings),
+            any_min_p=any(s.min_p > 0.0 for s in settings),
+        )
+
+
+def warp_logits(
+    scores: torch.Tensor,
+    context_ids: torch.Tensor,
+    context_valid: torch.Tensor | None,
+    params: RowParams,
+    banned: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Filtered float32 logits ``[B, V]``: removed tokens are ``-inf``.
+
+    ``context_ids`` ``[B, T]`` are the ids the repetition penalty looks at (the row's input and
+    what it generated so far); ``context_valid`` ``[B, T]`` marks which of them are real, so a
+    row's left padding never counts as a repeated token (it would, in transformers: pad is EOS
+    for TIPO). ``banned`` ``[B, V]`` bool removes tokens before anything else.
+    """
+    import torch
+
+    scores = scores.float()
+    if banned is not None:
+        scores = scores.masked_fill(banned, float("-inf"))
+    scores = _apply_repetition_penalty(scores, context_ids, context_valid, params.penalty)
+    scores = scores / params.temperature
+    if params.max_top_k > 0:
+        scores = _apply_top_k(scores, params)
+    if params.any_top_p:
+        scores = _apply_top_p(scores, params)
+    if params.any_min_p:
+        probs = torch.softmax(scores, dim=-1)
+        remove = probs < params.min_p * probs.amax(dim=-1, keepdim=True)
+        # min_tokens_to_keep=1: the most likely token always stays (transformers does the same).
+        remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores
+
+
+def _apply_repetition_penalty(
+    scores: torch.Tensor, context_ids: torch.Tensor, context_valid: torch.Tensor | None, penalty: torch.Tensor
+) -> torch.Tensor:
+    import torch
+
+    vocab = scores.shape[-1]
+    ids = context_ids if context_valid is None else context_ids.masked_fill(~context_valid, vocab)
+    # One spare column takes the masked positions; scattering a constant is order-independent.
+    seen = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
+    seen.scatter_(1, ids, True)
+    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen[:, :vocab], penalised, scores)
+
+
+def _apply_top_k(scores: torch.Tensor, params: RowParams) -> torch.Tensor:
+    import torch
+
+    vocab = scores.shape[-1]
+    top_values = torch.topk(scores, min(params.max_top_k, vocab), dim=-1).values  # [B, K]
+    k = params.top_k.clamp(1, top_values.shape[-1])
+    kth = top_values.gather(1, (k - 1).unsqueeze(1))  # [B, 1]
+    kth = kth.masked_fill((params.top_k == 0).unsqueeze(1), float("-inf"))
+    return scores.masked_fill(scores < kth, float("-inf"))
+
+
+def _apply_top_p(scores: torch.Tensor, params: RowParams) -> torch.Tensor:
+    import torch
+
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= params.top_p_cut
+    remove_sorted[:, -1] = False
+    remove_sorted &= params.use_top_p
+    remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+    return scores.masked_fill(remove, float("-inf"))
+
+
+def draw_tokens(scores: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token id per row ``[B]`` from filtered logits, row ``i`` using ``generators[i]`` only.
+
+    Exponential race (as gpt-fast's ``multinomial_sample_one_no_sync``): ``argmax(p / q)``
+    with ``q ~ Exp(1)`` picks token ``t`` with probability ``p_t`` and needs no host sync.
+    Each row draws a full vocabulary of noise every step, so its stream does not depend on the
+    other rows or on how many tokens its filters kept.
+    """
+    import torch
+
+    probs = torch.softmax(scores.float(), dim=-1)
+    tiny = torch.finfo(torch.float32).tiny
+    tokens = []
+    for row, generator in enumerate(generators):
+        noise = torch.empty(probs.shape[-1], dtype=torch.float32, device=generator.device)
+        noise.exponential_(1.0, generator=generator)
+        noise = noise.to(probs.device).clamp_min_(tiny)  # an exact 0 would make 0/0 = NaN win
+        tokens.append(torch.argmax(probs[row] / noise))
+    return torch.stack(tokens)
