@@ -15,12 +15,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tipo.models import DEFAULT_MODEL
 from tipo.pipeline import Expansion, expand_batch
 from tipo.request import ExpandRequest
 
 __all__ = ["Expander", "DEFAULT_MODEL"]
-
-DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"
 
 
 class Expander:

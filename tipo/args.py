@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from tipo.bans import split_ban_text
 from tipo.engine.base import SamplingSettings
 from tipo.errors import InvalidArgument
+from tipo.models import DEFAULT_MODEL
 from tipo.plan import LENGTHS, Mode
 from tipo.request import ExpandRequest
 
@@ -61,7 +62,7 @@ class TipoArgs:
     ban_nl: str = _field("", "Ban phrases", "Generated sentences holding these phrases are dropped.", "TIPO ban NL")
     nl_prompt: str = _field("", "NL prompt", "Extra natural-language prompt for TIPO.", "TIPO NL prompt")
     seed: int = _field(-1, "TIPO seed", "Seed of the expansion; -1 picks one.", "TIPO seed", minimum=-1)
-    model: str = _field("KBlueLeaf/TIPO-500M-ft", "Model", "Hub repo id or local folder.", "TIPO model")
+    model: str = _field(DEFAULT_MODEL, "Model", "Hub repo id or local folder.", "TIPO model")
     temperature: float = _field(0.5, "Temperature", "Higher is more random.", "TIPO temperature", minimum=0.01, maximum=5.0)
     top_p: float = _field(0.95, "Top-p", "Nucleus sampling mass.", "TIPO top p", minimum=0.01, maximum=1.0)
     top_k: int = _field(80, "Top-k", "Sample among the k likeliest tokens; 0 turns it off.", "TIPO top k", minimum=0, maximum=1000)

@@ -82,7 +82,9 @@ class Mode(str, enum.Enum):
     @property
     def task(self) -> Task | None:
         """The single task of a task mode; None for the presets."""
-        return None if self in PRESET_MODES else Task(self.value)
+        if self in PRESET_MODES:
+            return None
+        return Task.TAGS if self is Mode.TAGS else Task(self.value)
 
 
 PRESET_MODES = frozenset(
