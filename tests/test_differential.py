@@ -25,7 +25,7 @@ from tipo.categorise import categorise  # noqa: E402
 from tipo.formats import TEMPLATES  # noqa: E402
 from tipo.parse import parse_output  # noqa: E402
 from tipo.plan import LENGTHS, Mode, Pass, Task, plan_passes  # noqa: E402
-from tipo.postprocess import TAG_TARGETS, NL_TARGETS, PassInput, post_process, split_sentences  # noqa: E402
+from tipo.postprocess import NL_TARGETS, TAG_TARGETS, PassInput, post_process, split_sentences  # noqa: E402
 from tipo.render import aspect_ratio_text, general_text, meta_lines, render_input  # noqa: E402
 from tipo.tagdb import TagDatabase  # noqa: E402
 

@@ -6,13 +6,13 @@ import pytest
 
 from tipo.bans import BanList
 from tipo.errors import BanPatternError
+from tipo.formats import TEMPLATES
 from tipo.parse import parse_output
 from tipo.plan import Mode, Task, plan_passes
 from tipo.postprocess import PassInput, post_process
 from tipo.request import ExpandRequest, pass_seed, prepare, resolve_seed
 from tipo.restore import compose_prompt
 from tipo.syntax import parse_prompt
-from tipo.formats import TEMPLATES
 
 
 def lookup(name: str) -> str | None:

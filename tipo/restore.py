@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tipo.categorise import categorise_tag, Lookup
+from tipo.categorise import Lookup, categorise_tag
 from tipo.formats import apply_template
 from tipo.parse import Parsed
 from tipo.postprocess import dedupe, split_sentences
