@@ -77,8 +77,9 @@ def _dry_run(ns: argparse.Namespace, args: TipoArgs, out: TextIO) -> None:
 
     request = args.request(ns.prompt, width=ns.width, height=ns.height, protected_words=_protected(ns))
     prepared = prepare(request, default_database().category)
+    categories = {k: v for k, v in prepared.tag_map.items() if v}
     report = {
-        "categories": {k: v for k, v in prepared.tag_map.items() if v},
+        "categories": categories,
         "nl": prepared.nl,
         "passes": [{"task": p.task.value, "length": p.length, "expand": p.expand} for p in prepared.passes],
         "first_model_input": prepared.first_input(),
@@ -88,7 +89,7 @@ def _dry_run(ns: argparse.Namespace, args: TipoArgs, out: TextIO) -> None:
         out.write("\n")
         return
     out.write("categories:\n")
-    for category, tags in report["categories"].items():
+    for category, tags in categories.items():
         out.write(f"  {category}: {', '.join(tags)}\n")
     out.write(f"nl: {prepared.nl}\n" if prepared.nl else "")
     out.write("passes:\n")
@@ -103,7 +104,7 @@ def _expansion_json(expansion: Any) -> dict[str, Any]:
     return data
 
 
-def _read_batch(path: str, base: TipoArgs) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_batch(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
@@ -129,7 +130,7 @@ def _batch_request(item: dict[str, Any], base: TipoArgs, ns: argparse.Namespace,
 def _run_batch(ns: argparse.Namespace, base: TipoArgs, expander: Any, out: TextIO) -> int:
     from tqdm.auto import tqdm  # a dependency of huggingface_hub; honours TQDM_DISABLE
 
-    items = list(_read_batch(ns.batch, base))
+    items = list(_read_batch(ns.batch))
     requests = [_batch_request(item, base, ns, f"{ns.batch}:{n}") for n, item in items]
     failed = 0
     size = max(1, ns.batch_size)

@@ -64,7 +64,8 @@ def _text(value: Value | None) -> str:
         return ""
     if isinstance(value, str):
         return value.strip()
-    return ", ".join(item for item in value if item.strip() and not _ANY_TOKEN.fullmatch(item.strip()))
+    items = (item.strip() for item in value)
+    return ", ".join(item for item in items if item and not _ANY_TOKEN.fullmatch(item))
 
 
 def apply_template(template: str, values: Mapping[str, Value]) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tipo.categorise import Lookup, categorise_tag
-from tipo.formats import apply_template
+from tipo.formats import Value, apply_template
 from tipo.parse import Parsed
 from tipo.postprocess import dedupe, split_sentences
 from tipo.syntax import Kind, Piece, escape_tag, join_pieces
@@ -121,14 +121,12 @@ def compose_prompt(
         user_nl += tail  # the model went on with the user's unfinished sentence
     elif tail.strip(" ,;:"):
         new_extended.insert(0, tail.strip(" ,;:"))  # the user's text stays exactly as typed
-    extended = " ".join(t for t in [_sentence_text(user_nl), ". ".join(new_extended)] if t)
-    values: dict[str, object] = dict(slots)
-    values["extended"] = extended.rstrip(". ").strip()
-    values["generated"] = ". ".join(new_generated)
+    generated = ". ".join(new_generated)
     if "<|extended|>" not in template and user_nl:
         # A layout with only the generated text still keeps what the user wrote, first.
-        values["generated"] = " ".join(t for t in [_sentence_text(user_nl), values["generated"]] if t).rstrip(". ")
-    text = apply_template(template, values)  # type: ignore[arg-type]
+        generated = _paragraph(user_nl, generated)
+    values: dict[str, Value] = {**slots, "extended": _paragraph(user_nl, ". ".join(new_extended)), "generated": generated}
+    text = apply_template(template, values)
     if leftover:
         text = join_pieces([Piece(Kind.TAGS, text), *leftover]) if text else join_pieces(leftover)
     if rest:
@@ -136,7 +134,10 @@ def compose_prompt(
     return text
 
 
-def _sentence_text(text: str) -> str:
-    """``text`` ending with a sentence mark when something follows it."""
-    text = text.strip()
-    return text if not text or text[-1] in ".!?" else text + "."
+def _paragraph(first: str, then: str) -> str:
+    """``first`` and ``then`` as one text, a sentence mark between them, none at the end (the
+    templates write the final period)."""
+    first, then = first.strip(), then.strip()
+    if first and then and first[-1] not in ".!?":
+        first += "."
+    return " ".join(t for t in (first, then) if t).rstrip(". ")
