@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 from tipo.bans import split_ban_text
 from tipo.engine.base import SamplingSettings
@@ -20,7 +20,15 @@ from tipo.models import DEFAULT_MODEL
 from tipo.plan import LENGTHS, Mode
 from tipo.request import ExpandRequest
 
-__all__ = ["TipoArgs", "FieldSpec", "spec", "fields"]
+__all__ = ["TipoArgs", "FieldSpec", "spec", "fields", "webui_fields", "Timing", "TIMINGS", "Presampling", "PRESAMPLINGS"]
+
+#: When the WebUI glue expands: after the WebUI applied styles and other extensions rewrote the
+#: prompts (wildcards), every image's prompt; or before all that, once, on the prompt as typed.
+Timing = Literal["after", "before"]
+TIMINGS: tuple[Timing, ...] = get_args(Timing)
+#: Which images share one expansion seed: each image its own, or the images of one batch.
+Presampling = Literal["per_image", "per_batch"]
+PRESAMPLINGS: tuple[Presampling, ...] = get_args(Presampling)
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class FieldSpec:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    #: Meaningful only inside a WebUI generation (the CLI and the Python API ignore it).
+    webui_only: bool = False
 
 
 def _field(default: Any, label: str, help: str, infotext: str, **bounds: Any) -> Any:
@@ -72,6 +82,17 @@ class TipoArgs:
     )
     max_new_tokens: int = _field(512, "Max new tokens", "Tokens one pass may write.", "TIPO max new tokens", minimum=1, maximum=1024)
     strict: bool = _field(False, "Strict", "Fail instead of keeping the original prompt.", "TIPO strict")
+    # WebUI-only settings: appended last so the API's positional order of the others is kept.
+    timing: str = _field(
+        "after", "Timing", "after: expand each image's prompt after styles and wildcards are applied; "
+        "before: expand the prompt as typed, once for the whole generation, then apply them.",
+        "TIPO timing", choices=TIMINGS, webui_only=True,
+    )  # fmt: skip
+    presampling: str = _field(
+        "per_image", "Presampling", "per_image: every image its own expansion (seeded by its image seed); "
+        "per_batch: the images of one batch share theirs. Timing 'after' only.",
+        "TIPO presampling", choices=PRESAMPLINGS, webui_only=True,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         problems = [problem for f in fields() if (problem := _check(f, getattr(self, f.name)))]
@@ -110,6 +131,11 @@ class TipoArgs:
 
 def fields() -> tuple[dataclasses.Field, ...]:  # type: ignore[type-arg]
     return dataclasses.fields(TipoArgs)
+
+
+def webui_fields() -> tuple[dataclasses.Field, ...]:  # type: ignore[type-arg]
+    """The fields that only the WebUI glue reads; the CLI has no flag for them."""
+    return tuple(f for f in fields() if f.metadata["spec"].webui_only)
 
 
 def spec(name: str) -> FieldSpec:

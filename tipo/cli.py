@@ -13,14 +13,14 @@ import logging
 import sys
 from typing import Any, Iterator, Sequence, TextIO
 
-from tipo.args import TipoArgs, fields
+from tipo.args import TipoArgs, fields, webui_fields
 from tipo.errors import TipoError
 
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("tipo")
 
-_SKIP = {"enabled", "nl_prompt"}
+_SKIP = {"enabled", "nl_prompt"} | {f.name for f in webui_fields()}
 _FLAG_NAMES = {"template": "--format", "nl_prompt": "--nl"}
 
 
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _args_from(ns: argparse.Namespace) -> TipoArgs:
-    values = {f.name: getattr(ns, f.name) for f in fields() if f.name != "enabled"}
+    values = {f.name: getattr(ns, f.name) for f in fields() if f.name not in _SKIP or f.name == "nl_prompt"}
     return TipoArgs(enabled=True, **values)
 
 
