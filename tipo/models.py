@@ -52,6 +52,7 @@ class ModelInfo:
     description: str
     supported: bool = True
     unsupported_reason: str = ""
+    gguf_file: str = ""  # the llama.cpp file in the same repo (format sheet, "Models")
 
     @property
     def name(self) -> str:
@@ -65,15 +66,19 @@ _V2_REASON = (
 
 #: Every TIPO repo we know, best first. Format sheet, "Models".
 MODELS: tuple[ModelInfo, ...] = (
-    ModelInfo("KBlueLeaf/TIPO-500M-ft", "TIPO-500M-ft (default, best quality)", "500M LLaMA, fine-tuned"),
-    ModelInfo("KBlueLeaf/TIPO-200M-ft2", "TIPO-200M-ft2 (recommended for speed)", "200M LLaMA, second fine-tune"),
-    ModelInfo("KBlueLeaf/TIPO-200M-ft", "TIPO-200M-ft", "200M LLaMA, fine-tuned"),
-    ModelInfo("KBlueLeaf/TIPO-500M", "TIPO-500M", "500M LLaMA, base"),
-    ModelInfo("KBlueLeaf/TIPO-200M", "TIPO-200M", "200M LLaMA, base"),
-    ModelInfo("KBlueLeaf/TIPO-100M", "TIPO-100M", "100M LLaMA, base"),
-    ModelInfo("KBlueLeaf/TIPO-v2.1-1B-A200M", "TIPO-v2.1-1B-A200M (not supported yet)", "v2.1", False, _V2_REASON),
-    ModelInfo("KBlueLeaf/TIPOv2-1B-A200M", "TIPOv2-1B-A200M (not supported yet)", "v2", False, _V2_REASON),
-)
+    ModelInfo("KBlueLeaf/TIPO-500M-ft", "TIPO-500M-ft (default, best quality)", "500M LLaMA, fine-tuned",
+              gguf_file="TIPO-500M-ft-F16.gguf"),
+    ModelInfo("KBlueLeaf/TIPO-200M-ft2", "TIPO-200M-ft2 (recommended for speed)", "200M LLaMA, second fine-tune",
+              gguf_file="TIPO-200M-ft2-F16.gguf"),
+    ModelInfo("KBlueLeaf/TIPO-200M-ft", "TIPO-200M-ft", "200M LLaMA, fine-tuned", gguf_file="TIPO-200M-ft-F16.gguf"),
+    ModelInfo("KBlueLeaf/TIPO-500M", "TIPO-500M", "500M LLaMA, base", gguf_file="TIPO-500M_epoch5-F16.gguf"),
+    ModelInfo("KBlueLeaf/TIPO-200M", "TIPO-200M", "200M LLaMA, base", gguf_file="TIPO-200M-40Btok-F16.gguf"),
+    ModelInfo("KBlueLeaf/TIPO-100M", "TIPO-100M", "100M LLaMA, base", gguf_file="TIPO-100M-F16.gguf"),
+    ModelInfo("KBlueLeaf/TIPO-v2.1-1B-A200M", "TIPO-v2.1-1B-A200M (not supported yet)", "v2.1", False, _V2_REASON,
+              gguf_file="TIPO-v2.1-1B-A200M-f16.gguf"),
+    ModelInfo("KBlueLeaf/TIPOv2-1B-A200M", "TIPOv2-1B-A200M (not supported yet)", "v2", False, _V2_REASON,
+              gguf_file="TIPOv2-1B-A200M-f16.gguf"),
+)  # fmt: skip
 DEFAULT_MODEL = "KBlueLeaf/TIPO-500M-ft"
 
 #: The files a TIPO repo holds that loading needs; the GGUF file (hundreds of MB) is skipped.
@@ -111,7 +116,7 @@ def resolve_model(
     local_files_only: bool | None = None,
     allow_unknown_repo: bool = False,
 ) -> Path:
-    """The folder holding the model's files: a local folder as given, or the Hub snapshot.
+    """The folder holding the model's files (or a local ``.gguf`` file) as given, or the Hub snapshot.
 
     An existing path always wins over a registry name. A repo id outside the registry is
     refused before any network access unless ``allow_unknown_repo``; ``local_files_only=None``
@@ -122,7 +127,12 @@ def resolve_model(
         raise InvalidArgument("model is empty: give a registry id such as " + DEFAULT_MODEL + " or a folder")
     candidate = Path(text).expanduser()
     if candidate.exists():
-        validate_model_dir(candidate)
+        if _is_gguf_file(candidate):
+            from tipo.gguf_model import inspect_gguf
+
+            inspect_gguf(candidate)
+        else:
+            validate_model_dir(candidate)
         return candidate
     info = find_model(text)
     if info is not None:
@@ -162,8 +172,8 @@ def validate_model_dir(path: Path) -> dict[str, Any]:
     if not (path / "model.safetensors").is_file() and not (path / "model.safetensors.index.json").is_file():
         found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.gguf"))
         raise ModelNotFoundError(
-            f"{path} has no model.safetensors; only safetensors weights are loaded "
-            f"(pickle .bin files can run code; GGUF needs llama.cpp)"
+            f"{path} has no model.safetensors; only safetensors or GGUF weights are loaded "
+            f"(pickle .bin files can run code; pass a .gguf file itself as the model)"
             + (f". Found instead: {', '.join(found)}" if found else "")
         )
     if not (path / "tokenizer.model").is_file():
@@ -350,13 +360,24 @@ def _display_name(path: Path) -> str:
 def _load_plan(
     path: str | Path, device: torch.device | str | None, dtype: torch.dtype | str | None
 ) -> tuple[Path, dict[str, Any], torch.device, torch.dtype]:
-    """Validated folder, its config.json, and the concrete device and dtype to load it with."""
+    """Validated folder, its config.json, and the concrete device and dtype to load it with.
+    For a ``.gguf`` file: the file and what its header says (architecture, stored dtype)."""
     folder = Path(path)
-    config = validate_model_dir(folder)
+    if _is_gguf_file(folder):
+        from tipo.gguf_model import inspect_gguf
+
+        config = inspect_gguf(folder)
+    else:
+        config = validate_model_dir(folder)
     target_device = choose_device(device)
     weights_dtype = config.get("torch_dtype") or config.get("dtype")
     target_dtype = choose_dtype(target_device, dtype, weights_dtype if isinstance(weights_dtype, str) else None)
     return folder, config, target_device, target_dtype
+
+
+def _is_gguf_file(path: Path) -> bool:
+    """A llama.cpp model file (loaded by :mod:`tipo.gguf_model`) rather than a model folder."""
+    return path.suffix.lower() == ".gguf" and path.is_file()
 
 
 def _safetensors_error() -> type[BaseException]:
@@ -374,8 +395,12 @@ def load_model(
     *,
     name: str | None = None,
 ) -> LoadedModel:
-    """Load a resolved model folder. The tokenizer is checked against config.json before the
-    weights are read, so a mismatched folder fails fast."""
+    """Load a resolved model folder (or ``.gguf`` file). The tokenizer is checked against
+    config.json before the weights are read, so a mismatched folder fails fast."""
+    if _is_gguf_file(Path(path)):
+        from tipo.gguf_model import load_gguf_model
+
+        return load_gguf_model(path, device, dtype, name=name)
     folder, config, target_device, target_dtype = _load_plan(path, device, dtype)
 
     import transformers
