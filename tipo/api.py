@@ -11,15 +11,19 @@ two threads never see each other's.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tipo.errors import UnsupportedModelError
 from tipo.models import DEFAULT_MODEL
 from tipo.pipeline import Expansion, expand_batch
 from tipo.request import ExpandRequest
 
 __all__ = ["Expander", "DEFAULT_MODEL"]
+
+logger = logging.getLogger(__name__)
 
 
 class Expander:
@@ -48,13 +52,10 @@ class Expander:
     def _ready(self) -> tuple[Any, Any, Callable[[str], str | None]]:
         with self._lock:
             if self._engine is None:
-                from tipo.engine.hf import HFEngine
-                from tipo.models import load_model, resolve_model
+                from tipo.models import resolve_model
 
                 folder = resolve_model(self.model, cache_dir=self._cache_dir, local_files_only=self._local_files_only)
-                loaded = load_model(folder, self._device, self._dtype)
-                self._tokenizer = loaded.tokenizer
-                self._engine = HFEngine(loaded.model, loaded.tokenizer, loaded.device, loaded.dtype)
+                self._engine, self._tokenizer = _load_engine(folder, self._device, self._dtype)
             if self._lookup is None:
                 from tipo.tagdb import default_database
 
@@ -69,3 +70,18 @@ class Expander:
         """
         engine, tokenizer, lookup = self._ready()
         return expand_batch(requests, engine, tokenizer, lookup, strict=strict)
+
+
+def _load_engine(folder: Path, device: str | None, dtype: str | None) -> tuple[Any, Any]:
+    """The fast engine; transformers' ``generate`` (HFEngine) for a checkpoint it cannot run."""
+    from tipo.engine.fast import load_fast_engine
+
+    try:
+        return load_fast_engine(folder, device, dtype)
+    except UnsupportedModelError as error:
+        logger.warning("TIPO fast engine cannot run %s (%s); using transformers' generate", folder, error)
+    from tipo.engine.hf import HFEngine
+    from tipo.models import load_model
+
+    loaded = load_model(folder, device, dtype)
+    return HFEngine(loaded.model, loaded.tokenizer, loaded.device, loaded.dtype), loaded.tokenizer

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
     from tipo.engine.base import SamplingSettings
 
-__all__ = ["RowParams", "derive_seed", "make_generator", "warp_logits", "draw_tokens"]
+__all__ = [
+    "RowParams", "derive_seed", "make_generator", "seen_tokens", "warp_logits", "fill_noise", "race", "draw_tokens",
+]
 
 
 def derive_seed(seed: int) -> int:
@@ -99,24 +101,32 @@ class RowParams:
 
 def warp_logits(
     scores: torch.Tensor,
-    context_ids: torch.Tensor,
+    context_ids: torch.Tensor | None,
     context_valid: torch.Tensor | None,
     params: RowParams,
     banned: torch.Tensor | None = None,
+    *,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Filtered float32 logits ``[B, V]``: removed tokens are ``-inf``.
 
     ``context_ids`` ``[B, T]`` are the ids the repetition penalty looks at (the row's input and
     what it generated so far); ``context_valid`` ``[B, T]`` marks which of them are real, so a
     row's left padding never counts as a repeated token (it would, in transformers: pad is EOS
-    for TIPO). ``banned`` ``[B, V]`` bool removes tokens before anything else.
+    for TIPO). An engine that keeps the :func:`seen_tokens` mask ``[B, V]`` up to date itself
+    passes it as ``seen`` instead (and ``None`` for both). ``banned`` ``[B, V]`` bool removes
+    tokens before anything else.
     """
     import torch
 
     scores = scores.float()
     if banned is not None:
         scores = scores.masked_fill(banned, float("-inf"))
-    scores = _apply_repetition_penalty(scores, context_ids, context_valid, params.penalty)
+    if seen is None:
+        if context_ids is None:
+            raise InvalidArgument("warp_logits needs context_ids or seen")
+        seen = seen_tokens(context_ids, context_valid, scores.shape[-1])
+    scores = torch.where(seen, _penalise(scores, params.penalty), scores)
     scores = scores / params.temperature
     if params.max_top_k > 0:
         scores = _apply_top_k(scores, params)
@@ -131,18 +141,21 @@ def warp_logits(
     return scores
 
 
-def _apply_repetition_penalty(
-    scores: torch.Tensor, context_ids: torch.Tensor, context_valid: torch.Tensor | None, penalty: torch.Tensor
-) -> torch.Tensor:
+def seen_tokens(context_ids: torch.Tensor, context_valid: torch.Tensor | None, vocab: int) -> torch.Tensor:
+    """``[B, V]`` bool: which tokens occur among each row's valid ``context_ids`` ``[B, T]``."""
     import torch
 
-    vocab = scores.shape[-1]
     ids = context_ids if context_valid is None else context_ids.masked_fill(~context_valid, vocab)
     # One spare column takes the masked positions; scattering a constant is order-independent.
-    seen = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
+    seen = torch.zeros((context_ids.shape[0], vocab + 1), dtype=torch.bool, device=context_ids.device)
     seen.scatter_(1, ids, True)
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen[:, :vocab], penalised, scores)
+    return seen[:, :vocab]
+
+
+def _penalise(scores: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.where(scores < 0, scores * penalty, scores / penalty)
 
 
 def _apply_top_k(scores: torch.Tensor, params: RowParams) -> torch.Tensor:
@@ -178,12 +191,34 @@ def draw_tokens(scores: torch.Tensor, generators: Sequence[torch.Generator]) -> 
     """
     import torch
 
+    noise = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+    return race(scores, fill_noise(noise, generators))
+
+
+def fill_noise(noise: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Fill row ``i`` of ``noise`` ``[B, ...]`` with Exp(1) draws from ``generators[i]`` only.
+
+    One kernel per row, each on a contiguous row as on a tensor of its own, so a row of ``V``
+    values is the same draw as :func:`draw_tokens` makes for one step. A generator on another
+    device than ``noise`` (the CPU fallback of :func:`make_generator`) draws there first.
+    """
+    import torch
+
+    for row, generator in enumerate(generators):
+        target = noise[row]
+        if generator.device == noise.device:
+            target.exponential_(1.0, generator=generator)
+        else:
+            drawn = torch.empty(target.shape, dtype=noise.dtype, device=generator.device)
+            target.copy_(drawn.exponential_(1.0, generator=generator))
+    return noise
+
+
+def race(scores: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``argmax(softmax(scores) / noise)`` per row ``[B]``: the draw of :func:`draw_tokens`
+    once ``noise`` ``[B, V]`` holds the rows' Exp(1) values. No host sync; graph-capturable."""
+    import torch
+
     probs = torch.softmax(scores.float(), dim=-1)
     tiny = torch.finfo(torch.float32).tiny
-    tokens = []
-    for row, generator in enumerate(generators):
-        noise = torch.empty(probs.shape[-1], dtype=torch.float32, device=generator.device)
-        noise.exponential_(1.0, generator=generator)
-        noise = noise.to(probs.device).clamp_min_(tiny)  # an exact 0 would make 0/0 = NaN win
-        tokens.append(torch.argmax(probs[row] / noise))
-    return torch.stack(tokens)
+    return torch.argmax(probs / noise.clamp_min(tiny), dim=-1)  # an exact 0 would make 0/0 = NaN win

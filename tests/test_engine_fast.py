@@ -1,0 +1,313 @@
+"""FastEngine and our LLaMA forward, on the tiny random-weight model (CPU, float32, offline).
+
+The forward must give transformers' logits; greedy decoding must give transformers' tokens;
+sampling must give HFEngine's tokens (both draw from the same per-row generators); a row must
+not depend on the rows beside it, on the cache left by an earlier call, or on how the engine
+cuts the work into prefill groups and attention buckets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_tool
+from test_engine_hf import TIPO_IDS, prompt, transformers_greedy
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tipo.api import Expander
+from tipo.engine import fast
+from tipo.engine.base import GenerationRequest, SamplingSettings
+from tipo.engine.fast import FastEngine, load_fast_engine
+from tipo.engine.hf import MIN_NEW_TOKENS, HFEngine
+from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, decode_step, pack_rows, prefill
+from tipo.engine.sampling import make_generator
+from tipo.errors import InvalidArgument, UnsupportedModelError
+from tipo.tokenizer import TipoTokenizer
+
+GREEDY = SamplingSettings(top_k=1, repetition_penalty=1.0, max_new_tokens=12)
+HAS_GQA = "num_key_value_heads" in LlamaConfig().to_dict()  # transformers >= 4.31
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama) -> FastEngine:
+    return FastEngine.from_model(tiny_llama, TIPO_IDS)
+
+
+def transformers_last_logits(model, rows: list[list[int]]) -> torch.Tensor:
+    """transformers' logits of each row's last token, rows left-padded into one batch."""
+    width = max(map(len, rows))
+    ids = torch.tensor([[2] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+
+
+def assert_forward_matches(model, weights: LlamaWeights) -> None:
+    """Prefill then four decode steps, rows of lengths 3..17, against transformers' forward."""
+    rows = [list(prompt(seed, n)) for seed, n in ((1, 9), (2, 3), (3, 17), (4, 12))]
+    cache = KVCache.allocate(weights.shape, len(rows), 32, weights.device, weights.dtype)
+    with torch.no_grad():
+        ours = prefill(weights, cache, pack_rows(rows, 0, weights.device))
+        torch.testing.assert_close(ours, transformers_last_logits(model, rows), atol=1e-4, rtol=0)
+        for step in range(4):
+            fed = [3 + 1000 * step + row for row in range(len(rows))]
+            positions = torch.tensor([len(r) for r in rows])
+            ours = decode_step(weights, cache, torch.tensor(fed), positions, length=32)
+            rows = [r + [t] for r, t in zip(rows, fed)]
+            torch.testing.assert_close(ours, transformers_last_logits(model, rows), atol=1e-4, rtol=0)
+
+
+def test_forward_equals_transformers_logits(tiny_llama) -> None:
+    assert_forward_matches(tiny_llama, LlamaWeights.from_model(tiny_llama))
+
+
+@pytest.mark.skipif(not HAS_GQA, reason="transformers < 4.31 has no grouped-query attention")
+def test_forward_equals_transformers_with_grouped_query_attention_and_tied_embeddings() -> None:
+    config = LlamaConfig(
+        vocab_size=32013, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+        pad_token_id=2,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    assert_forward_matches(model, LlamaWeights.from_model(model))
+
+
+def test_weights_from_safetensors_equal_weights_from_the_model(tiny_model_dir: Path, tiny_llama) -> None:
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    loaded = LlamaWeights.from_safetensors(tiny_model_dir, config, torch.device("cpu"), torch.float32)
+    built = LlamaWeights.from_model(tiny_llama)
+    for name in ("embed", "norm", "lm_head", "cos", "sin"):
+        assert torch.equal(getattr(loaded, name), getattr(built, name)), name
+    for ours, theirs in zip(loaded.layers, built.layers, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(vars(ours).values(), vars(theirs).values()))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"rope_scaling": {"type": "linear", "factor": 2.0}}, {"rope_parameters": {"rope_type": "yarn"}},
+     {"attention_bias": True}, {"pretraining_tp": 2}, {"hidden_act": "gelu"}, {"num_key_value_heads": 3}],
+)  # fmt: skip
+def test_configs_the_forward_does_not_reproduce_are_refused(tiny_model_dir: Path, change: dict) -> None:
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert LlamaShape.from_config(config).head_dim == 16
+    assert LlamaShape.from_config({**config, "rope_parameters": {"rope_type": "default", "rope_theta": 5.0}})
+    with pytest.raises(UnsupportedModelError):
+        LlamaShape.from_config({**config, **change})
+
+
+@pytest.mark.parametrize("bucket", [64, 4], ids=["bucket=64", "bucket=4"])
+def test_greedy_equals_transformers_and_hf_engine(tiny_llama, engine, monkeypatch, bucket: int) -> None:
+    """With bucket 4 the attention length grows every few steps; tokens must not notice."""
+    monkeypatch.setattr(fast, "LENGTH_BUCKET", bucket)
+    prompts = [prompt(1, 9), prompt(2, 5), prompt(3, 14)]
+    requests = [GenerationRequest(p, seed=i, sampling=GREEDY) for i, p in enumerate(prompts)]
+    results = engine.generate(requests)
+    assert results == transformers_greedy(tiny_llama, prompts, 12)
+    assert results == HFEngine(tiny_llama, TIPO_IDS).generate(requests)
+
+
+def sampled_rows() -> list[GenerationRequest]:
+    rows = [
+        (prompt(10, 7), 0, SamplingSettings(max_new_tokens=24)),
+        (prompt(11, 19), -5, SamplingSettings(temperature=1.0, top_k=0, max_new_tokens=20)),
+        (prompt(12, 3), 2**70, SamplingSettings(top_p=0.7, min_p=0.0, max_new_tokens=9)),
+        (prompt(13, 12), 42, SamplingSettings(repetition_penalty=1.0, max_new_tokens=16)),
+        (prompt(14, 30), 7, SamplingSettings(temperature=1.5, repetition_penalty=1.5, max_new_tokens=30)),
+    ]
+    return [GenerationRequest(ids, seed=seed, sampling=sampling) for ids, seed, sampling in rows]
+
+
+def block_draws_equal_step_draws() -> bool:
+    """Whether this torch's CPU ``exponential_`` gives a block of steps' noise as the same values
+    as one draw per step (true of 2.13; an MKL-backed kernel would reseed per call)."""
+    one, block = make_generator(3, torch.device("cpu")), make_generator(3, torch.device("cpu"))
+    steps = torch.stack([torch.empty(32013).exponential_(generator=one) for _ in range(fast.NOISE_BLOCK)])
+    return torch.equal(steps, torch.empty(fast.NOISE_BLOCK, 32013).exponential_(generator=block))
+
+
+@pytest.mark.skipif(not block_draws_equal_step_draws(), reason="block and per-step draws differ in this torch")
+def test_sampled_tokens_equal_hf_engine(tiny_llama, engine) -> None:
+    """Both engines draw from the same per-row generators, so the same logits give the same text."""
+    requests = sampled_rows()
+    assert engine.generate(requests) == HFEngine(tiny_llama, TIPO_IDS).generate(requests)
+
+
+def test_batched_rows_equal_rows_alone(engine) -> None:
+    requests = sampled_rows()
+    together = engine.generate(requests)
+    assert together == [engine.generate([r])[0] for r in requests]
+    assert together[::-1] == engine.generate(requests[::-1])
+
+
+def test_work_split_and_stop_cadence_do_not_change_tokens(tiny_llama, engine, monkeypatch) -> None:
+    """Prefill in groups of few tokens, a stop check every 5 steps, a cache left by a bigger call."""
+    requests = sampled_rows()
+    expected = engine.generate(requests)
+    monkeypatch.setattr(fast, "PREFILL_TOKENS", 16)
+    other = FastEngine.from_model(tiny_llama, TIPO_IDS, stop_check_every=5)
+    assert other.generate(requests) == expected
+    big = other.cache_bytes()
+    assert other.generate(requests[:2]) == expected[:2]
+    assert other.cache_bytes() == big, "a smaller call must reuse the cache"
+    longer = GenerationRequest(prompt(15, 200), seed=1, sampling=SamplingSettings(max_new_tokens=8))
+    assert other.generate([longer]) == engine.generate([longer])
+    assert other.cache_bytes() > big
+
+
+def test_same_seed_same_tokens_and_global_rngs_untouched(engine) -> None:
+    sampling = SamplingSettings(temperature=1.0, max_new_tokens=16)
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    tokens = {s: engine.generate([GenerationRequest(prompt(5, 8), s, sampling)])[0] for s in (0, 1, -1, 12345)}
+    assert engine.generate([GenerationRequest(prompt(5, 8), 0, sampling)])[0] == tokens[0]
+    assert len({r.new_ids for r in tokens.values()}) == 4
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert random.getstate() == python_state
+
+
+#: The engine contract below holds for both engines; test_engine_hf.py's own copies of these
+#: checks (EOS per row, max_new_tokens per row, concurrency) can go.
+ENGINES = {"fast": FastEngine.from_model, "hf": HFEngine}
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_each_row_stops_at_its_own_eos(tiny_llama, kind: str) -> None:
+    """Only EOS and five other tokens may be drawn, so some seeds stop early and others not."""
+    allowed = {2, 100, 200, 300, 400, 500}
+    engine = ENGINES[kind](tiny_llama, TIPO_IDS, banned_ids=[i for i in range(32013) if i not in allowed])
+    sampling = SamplingSettings(
+        temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, max_new_tokens=12
+    )
+    requests = [GenerationRequest(prompt(20 + s, 6 + s % 5), seed=s, sampling=sampling) for s in range(10)]
+    alone = [engine.generate([r])[0] for r in requests]
+    stopped = [r for r in alone if r.stopped_at_eos]
+    running = [r for r in alone if not r.stopped_at_eos]
+    assert stopped and running, "the seeds should give both outcomes"
+    assert all(MIN_NEW_TOKENS <= len(r.new_ids) < 12 and 2 not in r.new_ids for r in stopped)
+    assert all(len(r.new_ids) == 12 for r in running)
+    assert all(set(r.new_ids) <= allowed - {2} for r in alone)
+    assert engine.generate(requests) == alone
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_rows_with_their_own_max_new_tokens(tiny_llama, kind: str) -> None:
+    no_eos = ENGINES[kind](tiny_llama, TIPO_IDS, banned_ids=[2])
+    lengths = [1, 2, 7, 3]
+    requests = [
+        GenerationRequest(prompt(30 + i, 5), seed=i, sampling=SamplingSettings(max_new_tokens=n))
+        for i, n in enumerate(lengths)
+    ]
+    results = no_eos.generate(requests)
+    assert [len(r.new_ids) for r in results] == lengths
+    assert not any(r.stopped_at_eos for r in results)
+    assert results == [no_eos.generate([r])[0] for r in requests]
+
+
+def test_input_too_long_is_refused_like_hf_engine(tiny_llama) -> None:
+    ok = GenerationRequest(prompt(1, 30), seed=0, sampling=SamplingSettings(max_new_tokens=50))
+    too_long = GenerationRequest(prompt(2, 31), seed=0)
+    messages = []
+    for engine in (FastEngine.from_model(tiny_llama, TIPO_IDS, context_length=32),
+                   HFEngine(tiny_llama, TIPO_IDS, context_length=32)):  # fmt: skip
+        with pytest.raises(InvalidArgument, match="row 1") as raised:
+            engine.generate([ok, too_long])
+        messages.append(str(raised.value))
+        (result,) = engine.generate([ok])
+        assert len(result.new_ids) <= 2
+    assert messages[0] == messages[1]
+
+
+def test_bad_rows_and_settings_are_rejected(tiny_llama, engine) -> None:
+    assert engine.generate([]) == []
+    with pytest.raises(InvalidArgument, match="row 0"):
+        engine.generate([GenerationRequest((), seed=0)])
+    with pytest.raises(InvalidArgument, match="outside the vocabulary"):
+        engine.generate([GenerationRequest((1, 40000), seed=0)])
+    weights = engine.weights
+    for options in ({"banned_ids": [32013]}, {"use_cuda_graph": True}, {"stop_check_every": 0},
+                    {"context_length": 4096}):  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            FastEngine(weights, TIPO_IDS, **options)
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.ops.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_decode_step_never_waits_for_the_device(engine, monkeypatch) -> None:
+    """A CUDA graph cannot capture a host read (``.item()``, a 0-d tensor index, ``nonzero``):
+    the whole sample-and-feed step must be free of them (regression: a 0-d step index)."""
+    log = _OpLog()
+    original = fast._Batch.step
+
+    def logged_step(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        with log:
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(fast._Batch, "step", logged_step)
+    engine.generate([GenerationRequest(prompt(50, 6), seed=1, sampling=SamplingSettings(max_new_tokens=4))])
+    assert "aten.mm.default" in log.ops, "the step ran under the log"
+    assert not {op for op in log.ops if "_local_scalar_dense" in op or "nonzero" in op or ".item" in op}
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_sixteen_threads_share_one_engine(tiny_llama, kind: str) -> None:
+    engine = ENGINES[kind](tiny_llama, TIPO_IDS)
+    sampling = SamplingSettings(max_new_tokens=6)
+    requests = [[GenerationRequest(prompt(40 + i, 4 + i), seed=i, sampling=sampling)] for i in range(16)]
+    expected = [engine.generate(r) for r in requests]
+    got: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        got[i] = engine.generate(requests[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [got[i] for i in range(16)] == expected
+
+
+def test_gguf_file_gives_the_safetensors_weights(tiny_model_dir: Path, tiny_llama, tmp_path) -> None:
+    """An F32 GGUF of the tiny model loads into the fast engine with the same weights and tokens."""
+    file = load_tool("make_tiny_gguf").make_gguf(tiny_model_dir, tmp_path / "tiny.gguf", "f32")
+    engine, tokenizer = load_fast_engine(file, "cpu")
+    ours, theirs = engine.weights, LlamaWeights.from_model(tiny_llama)
+    assert torch.equal(ours.embed, theirs.embed) and torch.equal(ours.lm_head, theirs.lm_head)
+    assert all(torch.equal(a.qkv, b.qkv) for a, b in zip(ours.layers, theirs.layers, strict=True))
+    assert tokenizer.encode("1girl, solo") == TipoTokenizer.from_dir(tiny_model_dir).encode("1girl, solo")
+    requests = sampled_rows()[:2]
+    assert engine.generate(requests) == FastEngine.from_model(tiny_llama, TIPO_IDS).generate(requests)
+
+
+def test_expander_uses_the_fast_engine_and_falls_back_to_transformers(tiny_model_dir: Path, tmp_path, caplog) -> None:
+    engine, tokenizer = load_fast_engine(tiny_model_dir, "cpu")
+    assert isinstance(engine, FastEngine) and tokenizer.eos_id == 2
+    assert isinstance(Expander(tiny_model_dir, device="cpu")._ready()[0], FastEngine)
+    odd = tmp_path / "gelu-llama"
+    shutil.copytree(tiny_model_dir, odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    with caplog.at_level(logging.WARNING, logger="tipo.api"):
+        chosen = Expander(odd, device="cpu")._ready()[0]
+    assert isinstance(chosen, HFEngine)
+    assert "hidden_act='gelu'" in caplog.text

@@ -1,0 +1,401 @@
+"""FastEngine: every row of a call in one batched decode over our own LLaMA forward.
+
+The shape follows gpt-fast (style sheet, section 8), plus what a WebUI batch needs:
+
+- **Static KV cache** (:class:`tipo.engine.llama.KVCache`), allocated for the largest call so
+  far and reused while big enough; rows carry no padding: row ``b`` holds its prompt at positions
+  ``0 .. len_b - 1`` and writes its ``k``-th new token's keys at ``len_b + k``.
+- **Prefill without waste**: the prompts are packed end to end, so the matrix products see only
+  real tokens (:func:`tipo.engine.llama.prefill`).
+- **Fixed-shape decode step**: one token per row; attention reads the cache only up to the
+  longest row rounded up to :data:`LENGTH_BUCKET` positions, not the whole cache. A step is
+  sample-then-feed over static buffers (:class:`_Batch`), so on CUDA the whole step, sampling
+  included, is captured in one CUDA graph per (batch bucket, length bucket, sampling signature)
+  and replayed; if capture fails the engine warns once and stays eager. No ``torch.compile``,
+  no transformers cache class: torch 2.1+ and transformers 4.30.2+ are enough.
+- **Sampling on the device** with :mod:`tipo.engine.sampling` (``warp_logits``, ``race``), each
+  row drawing its noise from its own generator, so a row's tokens do not depend on the rows
+  beside it. The draws come in blocks of :data:`NOISE_BLOCK` steps (one kernel per row per
+  block, outside the graph: per-row generators cannot be captured on torch 2.1). On the CPU a
+  block is the same stream as one draw per step, so FastEngine and HFEngine pick the same tokens
+  from the same logits; on CUDA the two engines' streams differ. The repetition penalty's
+  seen-token mask is kept up to date per step instead of being rebuilt.
+- **Stops**: each row ends at its own EOS or ``max_new_tokens``, tracked on the device; the host
+  asks "all rows done?" only every ``stop_check_every`` steps (each ask waits for the device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from tipo.engine.base import GenerationRequest, GenerationResult, SamplingSettings
+from tipo.engine.hf import MIN_NEW_TOKENS, TIPO_V1_CONTEXT, SpecialIds, TokenIds
+from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, decode_step, pack_rows, prefill
+from tipo.engine.sampling import RowParams, fill_noise, make_generator, race, seen_tokens, warp_logits
+from tipo.errors import GenerationError, InvalidArgument
+
+if TYPE_CHECKING:
+    from tipo.tokenizer import TipoTokenizer
+
+__all__ = ["FastEngine", "load_fast_engine", "row_limits", "LENGTH_BUCKET"]
+
+logger = logging.getLogger(__name__)
+
+#: Attention reads cache positions up to the longest row rounded up to a multiple of this.
+#: Smaller reads less per step; each bucket costs one CUDA-graph capture per batch bucket.
+LENGTH_BUCKET = 64
+#: Prefill runs rows in groups of at most this many prompt tokens (padded to the group's
+#: longest row), which bounds its activation memory.
+PREFILL_TOKENS = 8192
+#: Each row draws its sampling noise for this many steps at once (one kernel per row per block).
+NOISE_BLOCK = 16
+#: Steps between host checks of "every row done". A check waits for the device, and each step
+#: run after the last row stopped is wasted. On the CPU a check costs nothing (all is
+#: synchronous); on an H100 with CUDA graphs, checking every 1, 4, 8, 16 or 32 steps measured the
+#: same within 1% (benchmarks/README.md), so a small cadence that wastes little wins.
+STOP_CHECK_EVERY = {"cuda": 4}
+
+
+def row_limits(requests: Sequence[GenerationRequest], context_length: int, vocab_size: int) -> list[int]:
+    """Each row's own new-token budget within ``context_length``; rejects bad rows by index.
+
+    The same rules and messages as :class:`tipo.engine.hf.HFEngine`.
+    """
+    limits = []
+    for row, request in enumerate(requests):
+        length = len(request.input_ids)
+        if length == 0:
+            raise InvalidArgument(f"row {row}: input_ids is empty (it must start with BOS)")
+        if length + MIN_NEW_TOKENS > context_length:
+            raise InvalidArgument(
+                f"row {row}: input is {length} tokens; with at least {MIN_NEW_TOKENS} new tokens "
+                f"it exceeds the model's context of {context_length} tokens. "
+                f"Shorten the prompt (at most {context_length - MIN_NEW_TOKENS} tokens)."
+            )
+        out_of_range = [i for i in request.input_ids if not 0 <= i < vocab_size]
+        if out_of_range:
+            raise InvalidArgument(
+                f"row {row}: token ids {out_of_range[:5]!r} are outside the vocabulary [0, {vocab_size})"
+            )
+        limits.append(min(request.sampling.max_new_tokens, context_length - length))
+    return limits
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class FastEngine:
+    """:class:`tipo.engine.base.Engine` over :class:`tipo.engine.llama.LlamaWeights`.
+
+    ``banned_ids`` are never generated. ``use_cuda_graph`` defaults to "on CUDA";
+    ``stop_check_every`` to :data:`STOP_CHECK_EVERY` for the device (1 elsewhere). Calls are
+    serialised by a lock: one cache, one batch at a time.
+    """
+
+    def __init__(
+        self,
+        weights: LlamaWeights,
+        token_ids: SpecialIds,
+        *,
+        context_length: int = TIPO_V1_CONTEXT,
+        banned_ids: Sequence[int] = (),
+        use_cuda_graph: bool | None = None,
+        stop_check_every: int | None = None,
+    ) -> None:
+        self._weights = weights
+        self._vocab_size = weights.shape.vocab_size
+        if token_ids.eos_id is None:
+            raise InvalidArgument("the tokenizer has no EOS token; rows could never stop")
+        eos = int(token_ids.eos_id)
+        pad = eos if token_ids.pad_id is None else int(token_ids.pad_id)
+        self._ids = TokenIds(eos if token_ids.bos_id is None else int(token_ids.bos_id), eos, pad)
+        if not 2 < context_length <= weights.shape.max_positions:
+            raise InvalidArgument(f"context_length={context_length!r} (must be in (2, {weights.shape.max_positions}])")
+        self.context_length = int(context_length)
+        bad = [i for i in banned_ids if not 0 <= i < self._vocab_size]
+        if bad:
+            raise InvalidArgument(f"banned_ids={bad!r} (must be in [0, {self._vocab_size}))")
+        self._banned_ids = tuple(sorted(set(int(i) for i in banned_ids)))
+        on_cuda = weights.device.type == "cuda"
+        if use_cuda_graph and not on_cuda:
+            raise InvalidArgument(f"use_cuda_graph=True but the weights are on {weights.device}")
+        self._use_graph = on_cuda if use_cuda_graph is None else bool(use_cuda_graph)
+        if stop_check_every is None:
+            stop_check_every = STOP_CHECK_EVERY.get(weights.device.type, 1)
+        self._check_every = int(stop_check_every)
+        if self._check_every < 1:
+            raise InvalidArgument(f"stop_check_every={stop_check_every!r} (must be >= 1)")
+        self._lock = threading.Lock()
+        self._cache: KVCache | None = None
+        self._batches: dict[int, _Batch] = {}
+        self._graphs = _StepGraphs()
+
+    @classmethod
+    def from_model(cls, model: Any, token_ids: SpecialIds, **options: Any) -> FastEngine:
+        """Over a loaded transformers ``LlamaForCausalLM`` (its weights are copied, fused)."""
+        return cls(LlamaWeights.from_model(model), token_ids, **options)
+
+    @property
+    def device(self) -> torch.device:
+        return self._weights.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._weights.dtype
+
+    @property
+    def weights(self) -> LlamaWeights:
+        return self._weights
+
+    @property
+    def uses_cuda_graph(self) -> bool:
+        return self._use_graph
+
+    def cache_bytes(self) -> int:
+        return 0 if self._cache is None else self._cache.nbytes()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Continue every row in one batched run; results in the order of ``requests``."""
+        if not requests:
+            return []
+        limits = row_limits(requests, self.context_length, self._vocab_size)
+        started = time.perf_counter()
+        with self._lock, torch.no_grad():
+            try:
+                tokens, steps = self._run(requests, limits)
+            except (RuntimeError, ValueError, TypeError, IndexError) as error:
+                raise GenerationError(f"generation failed for {len(requests)} rows: {error}") from error
+            new_tokens = tokens.tolist()  # one device-to-host copy for all rows
+        results = [self._result(row, limit) for row, limit in zip(new_tokens, limits, strict=True)]
+        logger.debug(
+            "generated %d rows in %d steps (up to %d new tokens) in %.2fs",
+            len(requests), steps, max(limits), time.perf_counter() - started,
+        )  # fmt: skip
+        return results
+
+    def _result(self, new_tokens: list[int], limit: int) -> GenerationResult:
+        head = new_tokens[:limit]
+        if self._ids.eos_id in head:
+            return GenerationResult(tuple(head[: head.index(self._ids.eos_id)]), stopped_at_eos=True)
+        return GenerationResult(tuple(head), stopped_at_eos=False)
+
+    def _run(self, requests: Sequence[GenerationRequest], limits: list[int]) -> tuple[torch.Tensor, int]:
+        """New tokens ``[B, steps]`` (past a row's end: filler) and the number of steps run."""
+        prompts = [r.input_ids for r in requests]
+        rows = len(prompts)
+        # Batch bucket: one CUDA graph per power of two, not per batch size (spare rows are cheap).
+        run_rows = 1 << (rows - 1).bit_length() if self._use_graph else rows
+        lengths = [len(p) for p in prompts]
+        # Decode feeds token k of a row at position len + k, for k < limit - 1.
+        needed = max(n + limit - 1 for n, limit in zip(lengths, limits, strict=True))
+        cache = self._ensure_cache(run_rows, min(_round_up(needed, LENGTH_BUCKET), self.context_length))
+        if run_rows not in self._batches:
+            self._batches[run_rows] = _Batch(run_rows, self._vocab_size, self.context_length, self.device)
+        batch = self._batches[run_rows]
+        params = batch.load(requests, limits, self._prefill(cache, prompts), self._banned_ids, self._ids.eos_id)
+        generators = [make_generator(r.seed, self.device) for r in requests]
+        longest, steps = max(lengths), max(limits)
+        for step in range(steps):
+            if step % NOISE_BLOCK == 0:
+                fill_noise(batch.noise[:rows], generators)
+            self._step(cache, batch, params, min(_round_up(longest + step + 1, LENGTH_BUCKET), cache.length))
+            if step + 1 == steps or ((step + 1) % self._check_every == 0 and bool(batch.finished.all())):
+                return batch.out[:rows, : step + 1], step + 1
+        raise AssertionError("unreachable: the loop returns on its last step")
+
+    def _ensure_cache(self, rows: int, length: int) -> KVCache:
+        cache = self._cache
+        if cache is None or cache.rows < rows or cache.length < length:
+            if cache is not None:
+                rows, length = max(rows, cache.rows), max(length, cache.length)
+            self._graphs.clear()  # they point into the old cache
+            self._cache = None  # free it before allocating the new one
+            cache = KVCache.allocate(self._weights.shape, rows, length, self.device, self.dtype)
+            self._cache = cache
+        return cache
+
+    def _prefill(self, cache: KVCache, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Logits ``[B, V]`` of each row's last prompt token, rows in groups of PREFILL_TOKENS."""
+        outputs, first = [], 0
+        while first < len(prompts):
+            end, width = first + 1, len(prompts[first])
+            while end < len(prompts) and max(width, len(prompts[end])) * (end + 1 - first) <= PREFILL_TOKENS:
+                width = max(width, len(prompts[end]))
+                end += 1
+            outputs.append(prefill(self._weights, cache, pack_rows(prompts[first:end], first, self.device)))
+            first = end
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def _step(self, cache: KVCache, batch: _Batch, params: RowParams, length: int) -> None:
+        if self._use_graph:
+            key = (batch.rows, length, params.max_top_k, params.any_top_p, params.any_min_p)
+            try:
+                if self._graphs.run(key, lambda: batch.step(self._weights, cache, params, length)):
+                    return
+            except RuntimeError as error:
+                logger.warning("CUDA graph capture failed (%s); the fast engine runs eagerly from now on", error)
+                self._use_graph = False
+                self._graphs.clear()
+        batch.step(self._weights, cache, params, length)
+
+
+class _Batch:
+    """Every tensor one decode step reads or writes besides weights and cache, for ``rows`` rows.
+
+    Static, so that a captured step finds them at the same addresses in every call: each call
+    copies its rows in (:meth:`load`); spare rows (beyond the call's) are marked finished and
+    sample from zero logits. Shapes: ``[R, V]`` logits (float32), seen, banned; ``[R]`` lengths,
+    limits, finished; ``[R, context]`` out; ``[R, NOISE_BLOCK, V]`` noise; ``[1]`` step index.
+    """
+
+    def __init__(self, rows: int, vocab: int, max_steps: int, device: torch.device) -> None:
+        self.rows = rows
+        self.logits = torch.zeros((rows, vocab), dtype=torch.float32, device=device)
+        self.seen = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
+        self.banned = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
+        self.banned_with_eos = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.limits = torch.zeros(rows, dtype=torch.long, device=device)
+        self.finished = torch.ones(rows, dtype=torch.bool, device=device)
+        self.out = torch.zeros((rows, max_steps), dtype=torch.long, device=device)
+        self.noise = torch.ones((rows, NOISE_BLOCK, vocab), dtype=torch.float32, device=device)
+        self.step_index = torch.zeros(1, dtype=torch.long, device=device)  # [1]: a 0-d index would sync
+        self.row_index = torch.arange(rows, device=device)
+        self.params = RowParams.build([SamplingSettings()] * rows, device)
+        self.eos_id = 0
+
+    def load(
+        self,
+        requests: Sequence[GenerationRequest],
+        limits: list[int],
+        logits: torch.Tensor,
+        banned_ids: tuple[int, ...],
+        eos_id: int,
+    ) -> RowParams:
+        """Copy one call's rows in; the call's settings as a RowParams over the static tensors."""
+        rows, device = len(requests), self.logits.device
+        settings = [r.sampling for r in requests]
+        fresh = RowParams.build(settings + [settings[0]] * (self.rows - rows), device)
+        for field in dataclasses.fields(RowParams):
+            value = getattr(self.params, field.name)
+            if isinstance(value, torch.Tensor):
+                value.copy_(getattr(fresh, field.name))
+        self.logits.zero_()
+        self.logits[:rows] = logits
+        prompts = [r.input_ids for r in requests]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([list(p) + [0] * (width - len(p)) for p in prompts], dtype=torch.long, device=device)
+        valid = torch.arange(width, device=device) < torch.tensor([len(p) for p in prompts], device=device)[:, None]
+        self.seen.zero_()
+        self.seen[:rows] = seen_tokens(ids, valid, self.seen.shape[1])
+        self.banned.zero_()
+        if banned_ids:
+            self.banned[:, list(banned_ids)] = True
+        self.banned_with_eos.copy_(self.banned)
+        self.banned_with_eos[:, eos_id] = True
+        self.eos_id = eos_id
+        self.lengths.zero_()
+        self.lengths[:rows] = torch.tensor([len(p) for p in prompts], device=device)
+        self.limits.zero_()
+        self.limits[:rows] = torch.tensor(limits, device=device)
+        self.finished.fill_(True)
+        self.finished[:rows] = False
+        self.step_index.zero_()
+        return dataclasses.replace(fresh, **{f.name: getattr(self.params, f.name) for f in dataclasses.fields(RowParams)
+                                             if isinstance(getattr(self.params, f.name), torch.Tensor)})  # fmt: skip
+
+    def step(self, weights: LlamaWeights, cache: KVCache, params: RowParams, length: int) -> None:
+        """Sample every row's next token from ``logits``, record it, feed it: new ``logits``.
+        Tensor operations only (no host sync), so a CUDA graph can capture it."""
+        k = self.step_index
+        banned = torch.where(k < MIN_NEW_TOKENS, self.banned_with_eos, self.banned)
+        warped = warp_logits(self.logits, None, None, params, banned, seen=self.seen)
+        token = race(warped, self.noise[self.row_index, k % NOISE_BLOCK])  # [R]
+        self.out[self.row_index, k] = token
+        self.finished |= (token == self.eos_id) | (self.limits <= k + 1)
+        self.seen.scatter_(1, token.unsqueeze(1), True)  # a scalar, not a host tensor to copy over
+        # Rows past their end keep running (fixed shapes); clamping keeps them inside the cache.
+        positions = (self.lengths + k).clamp(max=cache.length - 1)
+        self.logits.copy_(decode_step(weights, cache, token, positions, length))
+        self.step_index += 1
+
+
+class _StepGraphs:
+    """CUDA graphs of one decode step, keyed by shapes and sampling signature, one memory pool.
+
+    A key's first step runs eagerly (that is the warm-up: library handles, allocator), its
+    second is captured, later ones replay. Graphs never run concurrently, so sharing the pool is
+    safe; dropping them all drops the pool too, and the next capture starts a new one.
+    """
+
+    def __init__(self) -> None:
+        self._graphs: dict[tuple[Any, ...], Any] = {}
+        self._warm: set[tuple[Any, ...]] = set()
+        self._pool: Any = None
+
+    def clear(self) -> None:
+        self._graphs.clear()
+        self._warm.clear()
+        self._pool = None
+
+    def run(self, key: tuple[Any, ...], step: Callable[[], None]) -> bool:
+        """Replay (capturing first if due) and return True, or False: run ``step`` eagerly."""
+        graph = self._graphs.get(key)
+        if graph is None:
+            if key not in self._warm:
+                self._warm.add(key)
+                return False
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            options: dict[str, Any] = {"pool": self._pool}
+            if "capture_error_mode" in inspect.signature(torch.cuda.graph).parameters:
+                options["capture_error_mode"] = "thread_local"  # other threads may use the GPU meanwhile
+            with torch.cuda.graph(graph, **options):
+                step()  # recorded, not run
+            self._graphs[key] = graph
+        graph.replay()
+        return True
+
+
+def load_fast_engine(
+    path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None, **options: Any
+) -> tuple[FastEngine, TipoTokenizer]:
+    """A model folder (safetensors) or a LLaMA ``.gguf`` file straight to a :class:`FastEngine`
+    and its tokenizer, without building a transformers model.
+
+    Device and dtype are chosen as :func:`tipo.models.load_model` chooses them. Raises
+    :class:`tipo.errors.UnsupportedModelError` for a checkpoint the fast forward does not
+    reproduce (the caller then uses :class:`tipo.engine.hf.HFEngine`).
+    """
+    from tipo.models import _is_gguf_file, _load_plan, choose_device, choose_dtype
+
+    source = Path(path)
+    if _is_gguf_file(source):
+        from tipo.gguf_model import open_gguf
+
+        checkpoint = open_gguf(source)  # weights dequantised one at a time, as build() asks
+        target_device = choose_device(device)
+        target_dtype = choose_dtype(target_device, dtype, checkpoint.stored_dtype)
+        shape = LlamaShape.from_config(checkpoint.config)
+        weights = LlamaWeights.build(shape, checkpoint.tensor, target_device, target_dtype)
+        tokenizer = checkpoint.tokenizer
+    else:
+        from tipo.tokenizer import TipoTokenizer
+
+        folder, config, target_device, target_dtype = _load_plan(source, device, dtype)
+        tokenizer = TipoTokenizer.from_dir(folder)
+        tokenizer.check_vocab(int(config.get("vocab_size", 0)))
+        weights = LlamaWeights.from_safetensors(folder, config, target_device, target_dtype)
+    dtype_name = str(target_dtype).removeprefix("torch.")
+    logger.info("loaded %s for the fast engine on %s (%s)", source.name, target_device, dtype_name)
+    return FastEngine(weights, tokenizer, **options), tokenizer

@@ -1,0 +1,360 @@
+"""A compact LLaMA forward of our own over a TIPO checkpoint's weights (for :mod:`tipo.engine.fast`).
+
+Why not transformers' model: its KV-cache classes and attention interfaces differ between 4.30
+(A1111), 4.46 (Forge) and 5.x, and its forward launches dozens of small kernels per layer. Here
+the weights sit in the layout a decoder wants (q/k/v fused into one matrix, gate/up into another:
+one matrix product each) and two plain functions run them: :func:`prefill` for prompts of
+different lengths packed end to end, :func:`decode_step` for one token per row against a static
+:class:`KVCache`. The arithmetic follows transformers' ``LlamaForCausalLM``: RMSNorm in float32,
+rotary embedding by ``rotate_half`` from a float32 table, softmax in float32, SwiGLU MLP;
+``tests/test_engine_fast.py`` compares the logits with transformers' own in every CI env.
+
+Plain LLaMA only (TIPO v1, format sheet "Models"): rope scaling, biases or ``pretraining_tp``
+other than 1 raise :class:`tipo.errors.UnsupportedModelError`, and the caller falls back to
+transformers' own model. Grouped-query attention (fewer key/value heads) is supported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tipo.errors import ModelNotFoundError, UnsupportedModelError
+
+__all__ = ["LlamaShape", "LlamaWeights", "KVCache", "Packed", "pack_rows", "prefill", "decode_step"]
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The numbers of config.json that the forward needs."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_positions: int
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LlamaShape:
+        """From config.json's dict (or a transformers config's ``to_dict()``)."""
+        unsupported = []
+        # transformers 5.x writes plain rotary as rope_parameters {"rope_type": "default", ...}.
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            unsupported.append(f"rope scaling {rope!r}")
+        for flag in ("attention_bias", "mlp_bias"):
+            if config.get(flag):
+                unsupported.append(f"{flag}=true")
+        if config.get("pretraining_tp", 1) != 1:
+            unsupported.append(f"pretraining_tp={config['pretraining_tp']!r}")
+        if config.get("hidden_act", "silu") != "silu":
+            unsupported.append(f"hidden_act={config['hidden_act']!r}")
+        if unsupported:
+            raise UnsupportedModelError(
+                "the fast engine runs plain LLaMA only; this config has " + ", ".join(unsupported)
+            )
+        heads = int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        if heads % kv_heads:
+            raise UnsupportedModelError(f"num_attention_heads={heads} is no multiple of num_key_value_heads={kv_heads}")
+        hidden = int(config["hidden_size"])
+        return cls(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0),
+            max_positions=int(config.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One decoder layer. ``qkv`` is ``[(H + 2K) * D, hidden]``, ``gate_up`` ``[2 * I, hidden]``."""
+
+    attn_norm: torch.Tensor
+    qkv: torch.Tensor
+    o: torch.Tensor
+    mlp_norm: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LlamaWeights:
+    """All weights on one device in one dtype, plus the rotary table ``cos``/``sin`` ``[P, D]``."""
+
+    shape: LlamaShape
+    embed: torch.Tensor
+    layers: tuple[LayerWeights, ...]
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    def decode_bytes(self) -> int:
+        """Bytes of weights one decode step reads: all but the embedding table (one row per token)."""
+        tensors = [self.norm, self.lm_head] + [t for layer in self.layers for t in vars(layer).values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @classmethod
+    def build(
+        cls, shape: LlamaShape, get: Callable[[str], torch.Tensor], device: torch.device, dtype: torch.dtype
+    ) -> LlamaWeights:
+        """Read each tensor by its transformers name through ``get`` and copy it, fused, to ``device``."""
+        s = shape
+        q_rows, kv_rows = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+
+        def take(names: Sequence[str], rows: Sequence[int], columns: int | None) -> torch.Tensor:
+            parts = [get(name) for name in names]
+            for name, part, expected in zip(names, parts, rows):
+                wanted = (expected,) if columns is None else (expected, columns)
+                if tuple(part.shape) != wanted:
+                    raise UnsupportedModelError(f"{name} has shape {tuple(part.shape)}, config.json implies {wanted}")
+            out = torch.empty((sum(rows),) + parts[0].shape[1:], device=device, dtype=dtype)
+            offset = 0
+            for part in parts:
+                out[offset : offset + part.shape[0]].copy_(part)
+                offset += part.shape[0]
+            return out
+
+        hidden, inter = s.hidden_size, s.intermediate_size
+        layers = []
+        for index in range(s.num_layers):
+            p = f"model.layers.{index}."
+            layers.append(LayerWeights(
+                attn_norm=take([p + "input_layernorm.weight"], [hidden], None),
+                qkv=take([p + f"self_attn.{n}_proj.weight" for n in "qkv"], [q_rows, kv_rows, kv_rows], hidden),
+                o=take([p + "self_attn.o_proj.weight"], [hidden], q_rows),
+                mlp_norm=take([p + "post_attention_layernorm.weight"], [hidden], None),
+                gate_up=take([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], [inter, inter], hidden),
+                down=take([p + "mlp.down_proj.weight"], [hidden], inter),
+            ))  # fmt: skip
+        embed = take(["model.embed_tokens.weight"], [s.vocab_size], hidden)
+        lm_head = embed if s.tie_word_embeddings else take(["lm_head.weight"], [s.vocab_size], hidden)
+        cos, sin = _rotary_table(s, device, dtype)
+        norm = take(["model.norm.weight"], [hidden], None)
+        return cls(s, embed, tuple(layers), norm, lm_head, cos, sin)
+
+    @classmethod
+    def from_model(cls, model: Any) -> LlamaWeights:
+        """From a loaded transformers ``LlamaForCausalLM``, on its device and dtype (a fused copy:
+        drop the transformers model afterwards if memory matters)."""
+        state = model.state_dict()
+        first = next(model.parameters())
+
+        def get(name: str) -> torch.Tensor:
+            if name not in state:
+                raise UnsupportedModelError(f"the model has no tensor {name!r}; is it a LlamaForCausalLM?")
+            return state[name]
+
+        return cls.build(LlamaShape.from_config(model.config.to_dict()), get, first.device, first.dtype)
+
+    @classmethod
+    def from_safetensors(
+        cls, folder: Path, config: Mapping[str, Any], device: torch.device, dtype: torch.dtype
+    ) -> LlamaWeights:
+        """Straight from ``model.safetensors`` (or its sharded index), without transformers."""
+        from safetensors import safe_open
+
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        else:
+            weight_map = None
+        handles: dict[str, Any] = {}
+
+        def get(name: str) -> torch.Tensor:
+            file = "model.safetensors" if weight_map is None else weight_map.get(name)
+            if file is None:
+                raise ModelNotFoundError(f"{folder}: no tensor {name!r} in model.safetensors.index.json")
+            if file not in handles:
+                handles[file] = safe_open(str(folder / file), framework="pt", device="cpu")
+            try:
+                return handles[file].get_tensor(name)
+            except Exception as error:  # safetensors raises its own plain error class
+                raise ModelNotFoundError(f"{folder / file}: cannot read tensor {name!r}: {error}") from error
+
+        return cls.build(LlamaShape.from_config(config), get, device, dtype)
+
+
+def _rotary_table(shape: LlamaShape, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[P, D]`` computed in float32 and cast, as transformers' LlamaRotaryEmbedding."""
+    half = torch.arange(0, shape.head_dim, 2, dtype=torch.int64).float() / shape.head_dim
+    inv_freq = 1.0 / (shape.rope_theta**half)
+    angles = torch.outer(torch.arange(shape.max_positions, dtype=torch.float32), inv_freq)
+    table = torch.cat((angles, angles), dim=-1)  # [P, D]
+    return table.cos().to(device, dtype), table.sin().to(device, dtype)
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Static keys and values, ``[layers, rows, kv_heads, length, head_dim]`` each.
+
+    Row ``b`` holds its prompt at positions ``0 .. len-1`` and each new token at the next
+    position, so no row carries padding. Zero-filled: positions a row never wrote are read
+    (with weight 0) by the masked attention, and must not be NaN.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def allocate(cls, shape: LlamaShape, rows: int, length: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        size = (shape.num_layers, rows, shape.num_kv_heads, length, shape.head_dim)
+        return cls(torch.zeros(size, device=device, dtype=dtype), torch.zeros(size, device=device, dtype=dtype))
+
+    @property
+    def rows(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[3]
+
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Prompts of cache rows ``first .. first + len(lengths) - 1``, packed end to end.
+
+    ``tokens``, ``rows`` (cache row), ``local`` (row within the group) and ``positions`` are
+    ``[T]``; ``last`` ``[G]`` indexes each row's last token; ``width`` is the longest prompt.
+    """
+
+    tokens: torch.Tensor
+    rows: torch.Tensor
+    local: torch.Tensor
+    positions: torch.Tensor
+    last: torch.Tensor
+    first: int
+    width: int
+
+
+def pack_rows(prompts: Sequence[Sequence[int]], first: int, device: torch.device) -> Packed:
+    lengths = [len(p) for p in prompts]
+    local = [row for row, n in enumerate(lengths) for _ in range(n)]
+    positions = [i for n in lengths for i in range(n)]
+    ends = torch.tensor(lengths).cumsum(0) - 1
+
+    def tensor(values: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    return Packed(
+        tokens=tensor([t for p in prompts for t in p]),
+        rows=tensor([first + row for row in local]),
+        local=tensor(local),
+        positions=tensor(positions),
+        last=ends.to(device),
+        first=first,
+        width=max(lengths),
+    )
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    return weight * (x.float() * torch.rsqrt(variance + eps)).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' ``x * cos + rotate_half(x) * sin``."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _mlp(x: torch.Tensor, layer: LayerWeights, eps: float) -> torch.Tensor:
+    gate, up = F.linear(_rms_norm(x, layer.mlp_norm, eps), layer.gate_up).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, layer.down)
+
+
+def _logits(w: LlamaWeights, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(_rms_norm(x, w.norm, w.shape.rms_norm_eps), w.lm_head).float()
+
+
+def prefill(w: LlamaWeights, cache: KVCache, packed: Packed) -> torch.Tensor:
+    """Run the packed prompts, write their keys/values to the cache; float32 logits ``[G, V]``
+    of each row's last token.
+
+    Matrix products run on the ``T`` real tokens only; attention runs per row on ``[G, W]``
+    (each row's queries against its own cache row, causal), so padding costs only there.
+    """
+    s = w.shape
+    H, K, D, T = s.num_heads, s.num_kv_heads, s.head_dim, packed.tokens.shape[0]
+    G = packed.last.shape[0]
+    group = slice(packed.first, packed.first + G)
+    cos, sin = w.cos[packed.positions].unsqueeze(1), w.sin[packed.positions].unsqueeze(1)  # [T, 1, D]
+    x = w.embed[packed.tokens]  # [T, hidden]
+    for index, layer in enumerate(w.layers):
+        q, k, v = F.linear(_rms_norm(x, layer.attn_norm, s.rms_norm_eps), layer.qkv).split([H * D, K * D, K * D], -1)
+        cache.k[index][packed.rows, :, packed.positions] = _rotate(k.view(T, K, D), cos, sin)
+        cache.v[index][packed.rows, :, packed.positions] = v.view(T, K, D)
+        queries = q.new_zeros(G, packed.width, H, D)
+        queries[packed.local, packed.positions] = _rotate(q.view(T, H, D), cos, sin)
+        keys = _repeat_kv(cache.k[index][group, :, : packed.width], H // K)  # [G, H, W, D]
+        values = _repeat_kv(cache.v[index][group, :, : packed.width], H // K)
+        out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, is_causal=True)
+        out = out.transpose(1, 2)[packed.local, packed.positions]  # [T, H, D]
+        x = _mlp(x + F.linear(out.reshape(T, H * D), layer.o), layer, s.rms_norm_eps)
+    return _logits(w, x[packed.last])
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    if groups == 1:
+        return x
+    rows, heads, length, dim = x.shape
+    return x[:, :, None].expand(rows, heads, groups, length, dim).reshape(rows, heads * groups, length, dim)
+
+
+def decode_step(
+    w: LlamaWeights, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, length: int
+) -> torch.Tensor:
+    """One token per cache row ``0 .. B-1``: ``tokens`` and ``positions`` ``[B]`` (where each
+    row writes). Attention reads cache positions ``< length`` only, masked to ``<= position``.
+    Fixed shapes for a given (B, length): this is what a CUDA graph captures. Logits ``[B, V]``.
+    """
+    s = w.shape
+    H, K, D, B = s.num_heads, s.num_kv_heads, s.head_dim, tokens.shape[0]
+    rows = torch.arange(B, device=tokens.device)
+    hidden = torch.arange(length, device=tokens.device) > positions.unsqueeze(1)  # [B, S]
+    hidden = hidden[:, None, None, :]  # [B, 1, 1, S]
+    cos, sin = w.cos[positions].unsqueeze(1), w.sin[positions].unsqueeze(1)  # [B, 1, D]
+    scale = 1.0 / math.sqrt(D)
+    x = w.embed[tokens]  # [B, hidden]
+    for index, layer in enumerate(w.layers):
+        q, k, v = F.linear(_rms_norm(x, layer.attn_norm, s.rms_norm_eps), layer.qkv).split([H * D, K * D, K * D], -1)
+        cache.k[index][rows, :, positions] = _rotate(k.view(B, K, D), cos, sin)
+        cache.v[index][rows, :, positions] = v.view(B, K, D)
+        # The H // K query heads sharing a key/value head act as its query rows: [B, K, G, D].
+        q = _rotate(q.view(B, H, D), cos, sin).view(B, K, H // K, D)
+        scores = torch.matmul(q, cache.k[index][:B, :, :length].transpose(-1, -2)) * scale  # [B, K, G, S]
+        probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1, dtype=torch.float32)
+        out = torch.matmul(probs.to(q.dtype), cache.v[index][:B, :, :length])  # [B, K, G, D]
+        x = _mlp(x + F.linear(out.reshape(B, H * D), layer.o), layer, s.rms_norm_eps)
+    return _logits(w, x)
