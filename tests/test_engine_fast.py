@@ -177,8 +177,8 @@ def test_same_seed_same_tokens_and_global_rngs_untouched(engine) -> None:
     assert random.getstate() == python_state
 
 
-#: The engine contract below holds for both engines; test_engine_hf.py's own copies of these
-#: checks (EOS per row, max_new_tokens per row, concurrency) can go.
+#: The engine contract below holds for both engines (EOS per row, max_new_tokens per row,
+#: concurrency); test_engine_hf.py keeps only what is particular to HFEngine.
 ENGINES = {"fast": FastEngine.from_model, "hf": HFEngine}
 
 
