@@ -42,3 +42,9 @@ class GenerationError(TipoError, RuntimeError):
 
 class UnsupportedModelError(ModelNotFoundError):
     """The model exists but is not a LLaMA TIPO model this package can run (e.g. the v2 ids)."""
+
+
+class Interrupted(TipoError):
+    """The caller asked to stop (the WebUI's Interrupt or Skip) between decode steps.
+
+    Not a failure: the unfinished rows keep their original prompts, strict mode or not."""

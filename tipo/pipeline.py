@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
 from tipo.categorise import Lookup
-from tipo.engine.base import Engine, GenerationRequest
-from tipo.errors import TipoError
+from tipo.engine.base import Control, Engine, GenerationRequest, Progress
+from tipo.errors import Interrupted, TipoError
 from tipo.parse import Parsed, parse_output
 from tipo.postprocess import PassInput, meets_target, post_process
 from tipo.render import general_text, render_input
@@ -150,8 +150,13 @@ def expand_batch(
     lookup: Lookup,
     *,
     strict: bool = False,
+    control: Control | None = None,
 ) -> list[Expansion]:
-    """Expand every request; results in request order. See the module docstring."""
+    """Expand every request; results in request order. See the module docstring.
+
+    ``control`` reports progress per decode step and can stop the job between steps: the rows
+    that were not finished then keep their original prompts (error "interrupted"), strict or not.
+    """
     started = time.perf_counter()
     rows: list[_Row | Expansion] = []
     for request in requests:
@@ -166,7 +171,10 @@ def expand_batch(
         rows.append(_Row(prepared, seed, prepared.tags, prepared.nl))
 
     try:
-        _run(rows, engine, tokenizer, lookup)
+        _run(rows, engine, tokenizer, lookup, control)
+    except Interrupted as stop:
+        logger.info("TIPO interrupted: %s", stop)
+        return [_interrupted(r, lookup, strict, stop) for r in rows]
     except Exception as error:  # the engine is foreign code: keep every prompt, say why
         if strict:
             raise
@@ -185,11 +193,35 @@ def expand_batch(
     return results
 
 
-def _run(rows: Sequence[_Row | Expansion], engine: Engine, tokenizer: Tokenizer, lookup: Lookup) -> None:
+def _interrupted(row: _Row | Expansion, lookup: Lookup, strict: bool, stop: Interrupted) -> Expansion:
+    if isinstance(row, Expansion):
+        return row
+    if row.done:
+        return _finish(row, lookup, strict)
+    request = row.prepared.request
+    return Expansion(request.prompt, request.prompt, row.seed, f"interrupted: {stop}", {}, row.generations, row.new_tokens)
+
+
+def _round_control(control: Control | None, round_index: int) -> Control | None:
+    """``control`` with the engine's progress tagged by the pipeline's round number."""
+    if control is None:
+        return None
+
+    def on_progress(progress: Progress) -> None:
+        control.on_progress(replace(progress, round=round_index))
+
+    return Control(control.should_stop, on_progress)
+
+
+def _run(
+    rows: Sequence[_Row | Expansion], engine: Engine, tokenizer: Tokenizer, lookup: Lookup, control: Control | None = None
+) -> None:
+    round_index = 0
     while True:
         active = [r for r in rows if isinstance(r, _Row) and not r.done]
         if not active:
             return
+        round_index += 1
         batch = []
         for row in active:
             sampling = row.prepared.request.sampling
@@ -200,7 +232,10 @@ def _run(rows: Sequence[_Row | Expansion], engine: Engine, tokenizer: Tokenizer,
                 sampling = replace(sampling, max_new_tokens=room)
             seed = pass_seed(row.seed, row.pass_index, row.attempt)
             batch.append((row, text, ids, GenerationRequest(tuple(ids), seed, sampling)))
-        results = engine.generate([item[3] for item in batch])
+        requests = [item[3] for item in batch]
+        round_control = _round_control(control, round_index)
+        # Engines written before Control take the requests alone.
+        results = engine.generate(requests) if round_control is None else engine.generate(requests, control=round_control)
         for (row, text, ids, _), result in zip(batch, results):
             row.generations += 1
             row.new_tokens += len(result.new_ids)

@@ -8,9 +8,9 @@ with its own seed and sampling settings, so a WebUI batch costs one batched deco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
-from tipo.errors import InvalidArgument
+from tipo.errors import Interrupted, InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,55 @@ class GenerationResult:
     stopped_at_eos: bool
 
 
+def _never() -> bool:
+    return False
+
+
+def _ignore(_progress: Progress) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a generation stands: engine call ``round`` of the job (1-based; 0 when the engine
+    is called directly), ``step`` of at most ``steps`` decode steps, over ``rows`` rows."""
+
+    round: int
+    step: int
+    steps: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Control:
+    """How a caller watches and stops a generation (the WebUI's progress bar, Interrupt, Skip).
+
+    Engines call both between decode steps, at their stop-check cadence (every step on the CPU,
+    every few on CUDA, where each check waits for the device). When ``should_stop`` returns
+    True the engine raises :class:`tipo.errors.Interrupted`; the pipeline then keeps the
+    original prompts of the unfinished rows. Both callables must be cheap and thread-safe.
+    """
+
+    should_stop: Callable[[], bool] = _never
+    on_progress: Callable[[Progress], None] = _ignore
+
+
+def checkpoint(control: Control | None, step: int, steps: int, rows: int) -> None:
+    """Report progress to ``control`` and raise :class:`tipo.errors.Interrupted` if it asks to stop."""
+    if control is None:
+        return
+    control.on_progress(Progress(0, step, steps, rows))
+    if control.should_stop():
+        raise Interrupted(f"stopped by the caller after {step} of at most {steps} decode steps")
+
+
 class Engine(Protocol):
     """Anything that can continue a batch of rows. Implementations must be thread-safe."""
 
     #: Longest input + output the model was trained on (TIPO v1: 1024 tokens).
     context_length: int
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Continue every row; results in the order of ``requests``."""
+    def generate(self, requests: Sequence[GenerationRequest], control: Control | None = None) -> list[GenerationResult]:
+        """Continue every row; results in the order of ``requests``. With ``control``, report
+        progress and stop (raising :class:`tipo.errors.Interrupted`) between decode steps."""
         ...

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from tipo.engine.base import GenerationRequest, GenerationResult, SamplingSettings
+from tipo.engine.base import Control, GenerationRequest, GenerationResult, SamplingSettings, checkpoint
 from tipo.engine.hf import MIN_NEW_TOKENS, TIPO_V1_CONTEXT, SpecialIds, TokenIds
 from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, decode_step, pack_rows, prefill
 from tipo.engine.sampling import RowParams, fill_noise, make_generator, race, seen_tokens, warp_logits
@@ -113,6 +113,7 @@ class FastEngine:
     ) -> None:
         self._weights = weights
         self._vocab_size = weights.shape.vocab_size
+        cadence_option = stop_check_every
         if token_ids.eos_id is None:
             raise InvalidArgument("the tokenizer has no EOS token; rows could never stop")
         eos = int(token_ids.eos_id)
@@ -134,6 +135,13 @@ class FastEngine:
         self._check_every = int(stop_check_every)
         if self._check_every < 1:
             raise InvalidArgument(f"stop_check_every={stop_check_every!r} (must be >= 1)")
+        self._token_ids = token_ids
+        self._options: dict[str, Any] = {  # for to(): what the caller chose, not what this device implied
+            "context_length": self.context_length,
+            "banned_ids": self._banned_ids,
+            "stop_check_every": cadence_option,
+            "use_cuda_graph": False if use_cuda_graph is False else None,
+        }
         self._lock = threading.Lock()
         self._cache: KVCache | None = None
         self._batches: dict[int, _Batch] = {}
@@ -160,18 +168,31 @@ class FastEngine:
     def uses_cuda_graph(self) -> bool:
         return self._use_graph
 
+    #: :meth:`to` leaves this engine as it was (a copy of the weights moves).
+    copies_on_move = True
+
+    def to(self, device: torch.device | str) -> FastEngine:
+        """A new engine over these weights moved to ``device`` (cache and graphs start afresh).
+        Stop-check cadence and CUDA graphs follow the new device unless they were set."""
+        with self._lock:
+            return FastEngine(self._weights.to(device), self._token_ids, **self._options)
+
     def cache_bytes(self) -> int:
         return 0 if self._cache is None else self._cache.nbytes()
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Continue every row in one batched run; results in the order of ``requests``."""
+    def generate(self, requests: Sequence[GenerationRequest], control: Control | None = None) -> list[GenerationResult]:
+        """Continue every row in one batched run; results in the order of ``requests``.
+        ``control`` is consulted at the stop-check cadence (see :class:`tipo.engine.base.Control`)."""
         if not requests:
             return []
         limits = row_limits(requests, self.context_length, self._vocab_size)
         started = time.perf_counter()
+        checkpoint(control, 0, max(limits), len(requests))
         with self._lock, torch.no_grad():
             try:
-                tokens, steps = self._run(requests, limits)
+                tokens, steps = self._run(requests, limits, control)
+            except torch.cuda.OutOfMemoryError:
+                raise  # as is: the caller may split the batch or move to the CPU
             except (RuntimeError, ValueError, TypeError, IndexError) as error:
                 raise GenerationError(f"generation failed for {len(requests)} rows: {error}") from error
             new_tokens = tokens.tolist()  # one device-to-host copy for all rows
@@ -188,7 +209,9 @@ class FastEngine:
             return GenerationResult(tuple(head[: head.index(self._ids.eos_id)]), stopped_at_eos=True)
         return GenerationResult(tuple(head), stopped_at_eos=False)
 
-    def _run(self, requests: Sequence[GenerationRequest], limits: list[int]) -> tuple[torch.Tensor, int]:
+    def _run(
+        self, requests: Sequence[GenerationRequest], limits: list[int], control: Control | None = None
+    ) -> tuple[torch.Tensor, int]:
         """New tokens ``[B, steps]`` (past a row's end: filler) and the number of steps run."""
         prompts = [r.input_ids for r in requests]
         rows = len(prompts)
@@ -208,9 +231,13 @@ class FastEngine:
             if step % NOISE_BLOCK == 0:
                 fill_noise(batch.noise[:rows], generators)
             self._step(cache, batch, params, min(_round_up(longest + step + 1, LENGTH_BUCKET), cache.length))
-            if step + 1 == steps or ((step + 1) % self._check_every == 0 and bool(batch.finished.all())):
-                return batch.out[:rows, : step + 1], step + 1
-        raise AssertionError("unreachable: the loop returns on its last step")
+            if step + 1 == steps:
+                break
+            if (step + 1) % self._check_every == 0:
+                if bool(batch.finished.all()):
+                    break
+                checkpoint(control, step + 1, steps, rows)
+        return batch.out[:rows, : step + 1], step + 1
 
     def _ensure_cache(self, rows: int, length: int) -> KVCache:
         cache = self._cache

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from tipo.engine.base import GenerationRequest, GenerationResult
+from tipo.engine.base import Control, GenerationRequest, GenerationResult, checkpoint
 from tipo.engine.sampling import RowParams, draw_tokens, make_generator, warp_logits
 from tipo.errors import GenerationError, InvalidArgument
 
@@ -106,6 +106,13 @@ class HFEngine:
         self._banned_ids = tuple(sorted(set(int(i) for i in banned_ids)))
         self._lock = threading.Lock()
 
+    def to(self, device: torch.device | str) -> HFEngine:
+        """A new engine over this model moved to ``device``. transformers moves the model in
+        place, so this engine must not be used afterwards (unlike FastEngine's copy)."""
+        with self._lock:
+            model = self._model.to(device)
+            return HFEngine(model, self._ids, context_length=self.context_length, banned_ids=self._banned_ids)
+
     @property
     def device(self) -> torch.device:
         return self._device
@@ -114,14 +121,16 @@ class HFEngine:
     def dtype(self) -> torch.dtype:
         return self._dtype
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Continue every row in one ``generate`` call; results in the order of ``requests``."""
+    def generate(self, requests: Sequence[GenerationRequest], control: Control | None = None) -> list[GenerationResult]:
+        """Continue every row in one ``generate`` call; results in the order of ``requests``.
+        ``control`` is consulted before every decode step."""
         if not requests:
             return []
         limits = self._row_limits(requests)
         started = time.perf_counter()
+        checkpoint(control, 0, max(limits), len(requests))
         with self._lock:
-            sequences, width = self._run(requests, limits)
+            sequences, width = self._run(requests, limits, control)
         new_tokens = sequences[:, width:].tolist()  # one device-to-host copy for all rows
         results = [self._result(tokens, limit) for tokens, limit in zip(new_tokens, limits, strict=True)]
         logger.debug(
@@ -151,7 +160,9 @@ class HFEngine:
             limits.append(min(request.sampling.max_new_tokens, self.context_length - length))
         return limits
 
-    def _run(self, requests: Sequence[GenerationRequest], limits: list[int]) -> tuple[torch.Tensor, int]:
+    def _run(
+        self, requests: Sequence[GenerationRequest], limits: list[int], control: Control | None = None
+    ) -> tuple[torch.Tensor, int]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -174,6 +185,7 @@ class HFEngine:
             eos_id=self._ids.eos_id,
             banned_ids=self._banned_ids,
             device=self._device,
+            control=control,
         )
         # Every field that could change the chosen token is set, so values from the model's
         # generation_config.json (which 5.x merges into unset fields) cannot interfere.
@@ -200,6 +212,8 @@ class HFEngine:
                     generation_config=config,
                     logits_processor=LogitsProcessorList([sampler]),
                 )
+        except torch.cuda.OutOfMemoryError:
+            raise  # as is: the caller may split the batch or move to the CPU
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             raise GenerationError(
                 f"generation failed for {len(requests)} rows (input width {width}): {error}"
@@ -231,6 +245,7 @@ class _RowSampler:
         eos_id: int,
         banned_ids: tuple[int, ...],
         device: torch.device,
+        control: Control | None = None,
     ) -> None:
         import torch
 
@@ -242,6 +257,8 @@ class _RowSampler:
         self._eos_id = eos_id
         self._banned_ids = torch.tensor(banned_ids, dtype=torch.long, device=device)
         self._ban_masks: dict[bool, torch.Tensor] = {}  # [B, V] bool, keyed by "EOS banned too"
+        self._control = control
+        self._steps = max(limits)
 
     def _ban_mask(self, scores: torch.Tensor, ban_eos: bool) -> torch.Tensor:
         """The steps' ban mask, built once per call (it only depends on ``ban_eos``)."""
@@ -261,6 +278,8 @@ class _RowSampler:
         import torch
 
         generated = input_ids.shape[1] - self._prompt_width  # tokens each row has so far
+        if generated:
+            checkpoint(self._control, generated, self._steps, len(self._limits))
         banned = self._ban_mask(scores, ban_eos=generated < MIN_NEW_TOKENS)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         valid = positions.unsqueeze(0) >= self._pad_lengths.unsqueeze(1)  # [B, T], False on pads

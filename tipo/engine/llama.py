@@ -117,6 +117,23 @@ class LlamaWeights:
     def dtype(self) -> torch.dtype:
         return self.embed.dtype
 
+    def to(self, device: torch.device | str) -> LlamaWeights:
+        """The same weights on ``device`` (a tied ``lm_head`` stays tied)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device)
+
+        embed = move(self.embed)
+        return LlamaWeights(
+            shape=self.shape,
+            embed=embed,
+            layers=tuple(LayerWeights(**{k: move(v) for k, v in vars(layer).items()}) for layer in self.layers),
+            norm=move(self.norm),
+            lm_head=embed if self.lm_head is self.embed else move(self.lm_head),
+            cos=move(self.cos),
+            sin=move(self.sin),
+        )
+
     def decode_bytes(self) -> int:
         """Bytes of weights one decode step reads: all but the embedding table (one row per token)."""
         tensors = [self.norm, self.lm_head] + [t for layer in self.layers for t in vars(layer).values()]
