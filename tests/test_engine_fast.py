@@ -51,7 +51,7 @@ def transformers_last_logits(model, rows: list[list[int]]) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
 
 
-def assert_forward_matches(model, weights: LlamaWeights) -> None:
+def assert_forward_matches(model, weights: LlamaWeights, fused: bool = False) -> None:
     """Prefill then four decode steps, rows of lengths 3..17, against transformers' forward."""
     rows = [list(prompt(seed, n)) for seed, n in ((1, 9), (2, 3), (3, 17), (4, 12))]
     cache = KVCache.allocate(weights.shape, len(rows), 32, weights.device, weights.dtype)
@@ -61,13 +61,15 @@ def assert_forward_matches(model, weights: LlamaWeights) -> None:
         for step in range(4):
             fed = [3 + 1000 * step + row for row in range(len(rows))]
             positions = torch.tensor([len(r) for r in rows])
-            ours = decode_step(weights, cache, torch.tensor(fed), positions, length=32)
+            ours = decode_step(weights, cache, torch.tensor(fed), positions, length=32, fused=fused)
             rows = [r + [t] for r, t in zip(rows, fed)]
             torch.testing.assert_close(ours, transformers_last_logits(model, rows), atol=1e-4, rtol=0)
 
 
-def test_forward_equals_transformers_logits(tiny_llama) -> None:
-    assert_forward_matches(tiny_llama, LlamaWeights.from_model(tiny_llama))
+@pytest.mark.parametrize("fused", [False, True], ids=["exact", "fused"])
+def test_forward_equals_transformers_logits(tiny_llama, fused: bool) -> None:
+    """The fused decode step (the CUDA default) is checked here on the CPU too."""
+    assert_forward_matches(tiny_llama, LlamaWeights.from_model(tiny_llama), fused)
 
 
 @pytest.mark.skipif(not HAS_GQA, reason="transformers < 4.31 has no grouped-query attention")
@@ -82,7 +84,8 @@ def test_forward_equals_transformers_with_grouped_query_attention_and_tied_embed
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    assert_forward_matches(model, LlamaWeights.from_model(model))
+    for fused in (False, True):
+        assert_forward_matches(model, LlamaWeights.from_model(model), fused)
 
 
 def test_weights_from_safetensors_equal_weights_from_the_model(tiny_model_dir: Path, tiny_llama) -> None:

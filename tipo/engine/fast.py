@@ -218,19 +218,21 @@ class FastEngine:
         # Batch bucket: one CUDA graph per power of two, not per batch size (spare rows are cheap).
         run_rows = 1 << (rows - 1).bit_length() if self._use_graph else rows
         lengths = [len(p) for p in prompts]
-        # Decode feeds token k of a row at position len + k, for k < limit - 1.
-        needed = max(n + limit - 1 for n, limit in zip(lengths, limits, strict=True))
-        cache = self._ensure_cache(run_rows, min(_round_up(needed, LENGTH_BUCKET), self.context_length))
+        longest, steps = max(lengths), max(limits)
+        # Attention reads up to the longest row + steps so far, rounded up to the bucket: a
+        # function of this call alone, never of a cache left larger by an earlier call (on CUDA
+        # a longer masked read changes fp16 rounding, so the same call could sample otherwise).
+        span = min(_round_up(longest + steps, LENGTH_BUCKET), self.context_length)
+        cache = self._ensure_cache(run_rows, span)
         if run_rows not in self._batches:
             self._batches[run_rows] = _Batch(run_rows, self._vocab_size, self.context_length, self.device)
         batch = self._batches[run_rows]
         params = batch.load(requests, limits, self._prefill(cache, prompts), self._banned_ids, self._ids.eos_id)
         generators = [make_generator(r.seed, self.device) for r in requests]
-        longest, steps = max(lengths), max(limits)
         for step in range(steps):
             if step % NOISE_BLOCK == 0:
                 fill_noise(batch.noise[:rows], generators)
-            self._step(cache, batch, params, min(_round_up(longest + step + 1, LENGTH_BUCKET), cache.length))
+            self._step(cache, batch, params, min(_round_up(longest + step + 1, LENGTH_BUCKET), span))
             if step + 1 == steps:
                 break
             if (step + 1) % self._check_every == 0:

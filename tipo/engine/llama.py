@@ -350,20 +350,36 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def decode_step(
-    w: LlamaWeights, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, length: int
+    w: LlamaWeights,
+    cache: KVCache,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    length: int,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """One token per cache row ``0 .. B-1``: ``tokens`` and ``positions`` ``[B]`` (where each
     row writes). Attention reads cache positions ``< length`` only, masked to ``<= position``.
     Fixed shapes for a given (B, length): this is what a CUDA graph captures. Logits ``[B, V]``.
+
+    ``fused`` (default: on CUDA) trades bit-for-bit agreement with transformers for fewer
+    kernels per layer (a step is launch-bound on a GPU): one rotary pass over queries and keys,
+    PyTorch's attention kernel, residual adds inside the matrix products, fused RMSNorm where
+    torch has it. Off, the arithmetic is transformers' own, which keeps CPU rows batch-invariant.
     """
+    if fused is None:
+        fused = tokens.is_cuda
     s = w.shape
     H, K, D, B = s.num_heads, s.num_kv_heads, s.head_dim, tokens.shape[0]
     rows = torch.arange(B, device=tokens.device)
     hidden = torch.arange(length, device=tokens.device) > positions.unsqueeze(1)  # [B, S]
     hidden = hidden[:, None, None, :]  # [B, 1, 1, S]
     cos, sin = w.cos[positions].unsqueeze(1), w.sin[positions].unsqueeze(1)  # [B, 1, D]
-    scale = 1.0 / math.sqrt(D)
     x = w.embed[tokens]  # [B, hidden]
+    if fused:
+        for index, layer in enumerate(w.layers):
+            x = _fused_layer(x, layer, cache, index, rows, positions, cos, sin, hidden, length, s)
+        return _logits(w, x)
+    scale = 1.0 / math.sqrt(D)
     for index, layer in enumerate(w.layers):
         q, k, v = F.linear(_rms_norm(x, layer.attn_norm, s.rms_norm_eps), layer.qkv).split([H * D, K * D, K * D], -1)
         cache.k[index][rows, :, positions] = _rotate(k.view(B, K, D), cos, sin)
@@ -375,3 +391,39 @@ def decode_step(
         out = torch.matmul(probs.to(q.dtype), cache.v[index][:B, :, :length])  # [B, K, G, D]
         x = _mlp(x + F.linear(out.reshape(B, H * D), layer.o), layer, s.rms_norm_eps)
     return _logits(w, x)
+
+
+def _fused_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if not hasattr(F, "rms_norm"):  # torch < 2.4
+        return _rms_norm(x, weight, eps)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _fused_layer(
+    x: torch.Tensor,
+    layer: LayerWeights,
+    cache: KVCache,
+    index: int,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    hidden: torch.Tensor,
+    length: int,
+    s: LlamaShape,
+) -> torch.Tensor:
+    """One decoder layer of :func:`decode_step` in its fused form (same maths, fewer kernels)."""
+    H, K, D, B = s.num_heads, s.num_kv_heads, s.head_dim, x.shape[0]
+    qkv = F.linear(_fused_norm(x, layer.attn_norm, s.rms_norm_eps), layer.qkv)
+    qk = _rotate(qkv[:, : (H + K) * D].view(B, H + K, D), cos, sin)  # queries and keys at once
+    cache.k[index][rows, :, positions] = qk[:, H:]
+    cache.v[index][rows, :, positions] = qkv[:, (H + K) * D :].view(B, K, D)
+    q = qk[:, :H].reshape(B, K, H // K, D)  # the query heads of a key/value head as its rows
+    # Written out rather than F.scaled_dot_product_attention: on an H100 its kernel choice made
+    # the same call sample differently from one engine to the next (benchmarks/README.md).
+    scores = torch.matmul(q, cache.k[index][:B, :, :length].transpose(-1, -2)) * (1.0 / math.sqrt(D))  # [B, K, G, S]
+    probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1, dtype=torch.float32)
+    out = torch.matmul(probs.to(q.dtype), cache.v[index][:B, :, :length])  # [B, K, G, D]
+    x = torch.addmm(x, out.reshape(B, H * D), layer.o.t())
+    gate, up = F.linear(_fused_norm(x, layer.mlp_norm, s.rms_norm_eps), layer.gate_up).chunk(2, dim=-1)
+    return torch.addmm(x, F.silu(gate) * up, layer.down.t())
