@@ -9,12 +9,14 @@ expression and quoting rule).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
 import re
 import subprocess
 import sys
+import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ from hypothesis import strategies as st
 from tipo import extension
 from tipo.args import TipoArgs, fields, spec, webui_fields
 from tipo.errors import GenerationError, InvalidArgument
+from tipo.models import DEFAULT_MODEL, MODELS
+from tipo.settings import WebuiSettings, local_models, model_location
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "tipo_script.py"
@@ -35,12 +39,30 @@ SCRIPT = ROOT / "scripts" / "tipo_script.py"
 
 
 class FakeState:
+    """``shared.state``: what A1111 1.10's ``modules/shared_state.py`` does with these fields."""
+
     def __init__(self) -> None:
-        self.interrupted = False
-        self.textinfo = ""
+        self.interrupted = self.skipped = False
+        self.textinfo: str | None = ""
+        self.sampling_step = self.sampling_steps = 0
+        self.jobs: list[str] = []
+        self.texts: list[str] = []
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "textinfo" and value:
+            self.__dict__.setdefault("texts", []).append(value)
+        super().__setattr__(name, value)
 
     def interrupt(self) -> None:
         self.interrupted = True
+
+    def begin(self, job: str = "(unknown)") -> None:
+        self.interrupted = self.skipped = False
+        self.textinfo = None
+        self.jobs.append(job)
+
+    def end(self) -> None:
+        self.jobs.append("end")
 
 
 class FakeOpts:
@@ -74,16 +96,35 @@ class FakeScript:
         return f"script_txt2img_tipo_{item_id}"
 
 
+class QueueLock:
+    """``modules.call_queue.queue_lock``, recording whether it was held."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.entered += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
+
+
 def _fake_modules(models_path: Path) -> dict[str, types.ModuleType]:
-    callbacks: dict[str, list[Any]] = {"infotext_pasted": [], "ui_settings": []}
+    callbacks: dict[str, list[Any]] = {"infotext_pasted": [], "ui_settings": [], "before_ui": [], "app_started": []}
     mods = {name: types.ModuleType(name) for name in
-            ("modules", "modules.scripts", "modules.script_callbacks", "modules.shared", "modules.devices", "modules.paths")}  # fmt: skip
+            ("modules", "modules.scripts", "modules.script_callbacks", "modules.shared", "modules.devices", "modules.paths",
+             "modules.call_queue")}  # fmt: skip
     mods["modules.scripts"].Script = FakeScript  # type: ignore[attr-defined]
     mods["modules.scripts"].AlwaysVisible = object()  # type: ignore[attr-defined]
+    mods["modules.scripts"].scripts_data = []  # type: ignore[attr-defined]
     mods["modules.script_callbacks"].registered = callbacks  # type: ignore[attr-defined]
-    mods["modules.script_callbacks"].on_infotext_pasted = callbacks["infotext_pasted"].append  # type: ignore[attr-defined]
-    mods["modules.script_callbacks"].on_ui_settings = callbacks["ui_settings"].append  # type: ignore[attr-defined]
+    for name, registered in callbacks.items():
+        setattr(mods["modules.script_callbacks"], f"on_{name}", registered.append)
+    mods["modules.call_queue"].queue_lock = QueueLock()  # type: ignore[attr-defined]
     mods["modules.shared"].opts = FakeOpts()  # type: ignore[attr-defined]
+    mods["modules.shared"].cmd_opts = types.SimpleNamespace(api=True, nowebui=False, api_auth=None)  # type: ignore[attr-defined]
     mods["modules.shared"].state = FakeState()  # type: ignore[attr-defined]
     mods["modules.shared"].OptionInfo = FakeOptionInfo  # type: ignore[attr-defined]
     mods["modules.devices"].device = "cpu"  # type: ignore[attr-defined]
@@ -117,6 +158,8 @@ def fresh_state(request: pytest.FixtureRequest) -> None:
     if "webui" in request.fixturenames:
         shared = request.getfixturevalue("webui").shared
         shared.state = FakeState()
+        if "tiny_model_dir" in request.fixturenames:  # the models folder holds it, as models/TIPO would
+            shared.opts.tipo_models_dir = str(request.getfixturevalue("tiny_model_dir").parent)
 
 
 @dataclass
@@ -204,7 +247,7 @@ def paste(webui: types.SimpleNamespace, text: str) -> dict[str, Any]:
 
 def values(model: Path, **overrides: Any) -> list[Any]:
     """The positional args as the UI sends them: tiny model, short targets, few tokens."""
-    settings_ = {"enabled": True, "model": str(model), "tag_length": "very_short", "nl_length": "very_short",
+    settings_ = {"enabled": True, "model": model.name, "tag_length": "very_short", "nl_length": "very_short",
                  "max_new_tokens": 8, "seed": 5, **overrides}  # fmt: skip
     return [settings_.get(f.name, f.default) for f in fields()]
 
@@ -343,7 +386,7 @@ def test_timing_before_expands_the_typed_prompt_once(webui, tiny_model_dir):
 
 
 def test_dict_args_through_process(webui, tiny_model_dir):
-    named = {"model": str(tiny_model_dir), "seed": 0, "tag_length": "very_short", "nl_length": "very_short", "max_new_tokens": 8}
+    named = {"model": tiny_model_dir.name, "seed": 0, "tag_length": "very_short", "nl_length": "very_short", "max_new_tokens": 8}
     p = run(webui, P("1girl, solo", batch_size=2), [named, *extension.default_values()[1:]])
     assert len(set(p.all_prompts)) == 2 and p.extra_generation_params["TIPO seed"] == 0
     assert p.all_prompts == run(webui, P("1girl, solo", batch_size=2), values(tiny_model_dir, seed=0)).all_prompts
@@ -363,11 +406,11 @@ def test_failure_keeps_every_original_prompt_and_says_why(webui, tmp_path, caplo
         p = run(webui, P(prompt, batch_size=2, enable_hr=True), values(tmp_path / "no-model"))
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1, "one warning per fallback"
     assert p.all_prompts == [prompt] * 2 and p.all_hr_prompts == [prompt] * 2
-    assert "no model folder" in p.extra_generation_params["TIPO error"]
+    assert "neither a known TIPO model nor a model in the TIPO models folder" in p.extra_generation_params["TIPO error"]
     assert "TIPO original prompt" not in p.extra_generation_params
     assert p.comments and not webui.shared.state.interrupted
     params = paste(webui, infotext(p, 1))
-    assert params["Prompt"] == prompt and "no model folder" in params["TIPO error"]
+    assert params["Prompt"] == prompt and "neither a known TIPO model" in params["TIPO error"]
 
 
 def test_strict_mode_fails_with_versions_model_device_and_args(webui, tmp_path):
@@ -375,7 +418,7 @@ def test_strict_mode_fails_with_versions_model_device_and_args(webui, tmp_path):
     with pytest.raises(GenerationError) as caught:
         webui.script.process(p, *values(tmp_path / "no-model", strict=True))
     message = str(caught.value)
-    for part in ("strict mode", "ModelNotFoundError", "versions: python", "transformers", f"model: {tmp_path / 'no-model'}",
+    for part in ("strict mode", "ModelNotFoundError", "versions: python", "transformers", "model: no-model",
                  "device: cpu", '"strict": true'):  # fmt: skip
         assert part in message
     assert caught.value.__cause__ is not None
@@ -407,6 +450,16 @@ def test_paste_tolerates_missing_old_and_foreign_keys():
     pasted = extension.paste_values({"Prompt": "x", "TIPO": "True", "TIPO top k": "lots", "TIPO mode": "retired_mode",
                                      "TIPO seed": "12", "TIPO temperature": "0.7"})  # fmt: skip
     assert pasted == {**TipoArgs().to_dict(), "enabled": True, "seed": 12, "temperature": 0.7}
+
+
+def test_a_value_starting_with_a_double_quote_does_not_swallow_the_next_keys():
+    """Regression: a ban list of just ``"`` was written bare, and the WebUI's parser read it as
+    the start of a quoted value running over every key after it."""
+    args = TipoArgs(enabled=True, ban_tags='"', ban_nl='"a, b', seed=0)
+    p = P("x").setup_prompts()
+    p.extra_generation_params.update(extension.infotext_params(args, 0))
+    pasted = extension.paste_values(parse_infotext(infotext(p, 0)))
+    assert pasted["ban_tags"] == '"' and pasted["ban_nl"] == '"a, b' and pasted["seed"] == 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -443,6 +496,189 @@ def test_schema_parity_every_field_has_a_label_key_and_help():
     assert all(spec(f.name).label and spec(f.name).help for f in fields())
 
 
+# -- progress, Interrupt/Skip, "Expand now", the expand route -------------------------------
+
+
+class SkipAt(FakeState):
+    """Presses Skip once TIPO reports decode step ``step`` (as the WebUI's button would)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.__dict__["at"] = step
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "sampling_step" and value >= self.__dict__.get("at", 1 << 30):
+            self.__dict__["skipped"] = True
+
+
+def test_progress_shows_tipo_steps_in_the_webui_state(webui, tiny_model_dir):
+    run(webui, P("1girl, solo", batch_size=2), values(tiny_model_dir))
+    steps = [text for text in webui.shared.state.texts if text.startswith("TIPO: pass")]
+    assert steps and steps[0] == "TIPO: pass 1, step 1/8, 2 prompts"
+    assert all(re.fullmatch(r"TIPO: pass \d+, step \d+/8, \d+ prompts?", text) for text in steps)
+    assert webui.shared.state.sampling_step == 0, "the sampler's progress starts from zero"
+
+
+def test_skip_stops_tipo_between_steps_and_the_images_keep_their_prompts(webui, tiny_model_dir):
+    webui.shared.state = SkipAt(2)
+    p = run(webui, P("1girl, solo", batch_size=2), values(tiny_model_dir, strict=True))  # stopping is no failure
+    assert p.all_prompts == ["1girl, solo"] * 2 and "interrupted" in p.extra_generation_params["TIPO error"]
+    assert not webui.shared.state.interrupted, "Skip skips TIPO; the generation goes on"
+    assert extension.webui_control(FakeState()).should_stop() is False
+    stopped = FakeState()
+    stopped.interrupted = True
+    assert extension.webui_control(stopped).should_stop() is True
+
+
+def test_expand_now_previews_under_the_queue_lock_and_shows_the_diff(webui, tiny_model_dir):
+    lock = sys.modules["modules.call_queue"].queue_lock
+    entered = lock.entered
+    webui.shared.state.interrupted = True  # left over from an earlier generation: begin() clears it
+    text, markup = webui.module._expand_now("1girl, solo", 640, 832, *values(tiny_model_dir, enabled=False, seed=3))
+    assert lock.entered == entered + 1 and webui.shared.state.jobs == ["tipo_preview", "end"]
+    assert text != "1girl, solo" and "1girl" in text and "solo" in text
+    assert 'class="tipo-diff-added"' in markup and "TIPO seed 3" in markup
+    assert webui.module._expand_now("1girl, solo", 640, 832, *values(tiny_model_dir, seed=3))[0] == text, "seeded"
+    wide = webui.module._expand_now("1girl, solo", 1536, 640, *values(tiny_model_dir, seed=3))[0]
+    assert wide != text, "the image size of the page is used"
+    drawn = extension.preview("1girl", values(tiny_model_dir, seed=-1), lambda args: webui.module._expander(args.model, webui.module._settings()))
+    assert drawn.error is None and drawn.seed is not None and drawn.seed >= 0
+
+
+def test_expand_now_reports_bad_settings_and_failures_without_raising(webui, tmp_path, tiny_model_dir):
+    text, markup = webui.module._expand_now("1girl", 64, 64, *values(tiny_model_dir, top_p=5))
+    assert text == "" and "top_p=5" in markup and "TIPO kept the prompt" in markup
+    text, markup = webui.module._expand_now("1girl", 64, 64, *values(tmp_path / "none"))
+    assert text == "" and "neither a known TIPO model" in markup
+
+
+def test_the_expand_route_takes_models_of_the_models_folder_under_the_queue_lock(webui, tiny_model_dir):
+    lock = sys.modules["modules.call_queue"].queue_lock
+    entered = lock.entered
+    body = {"model": tiny_model_dir.name, "tag_length": "very_short", "max_new_tokens": 8, "requests": [{"prompt": "1girl", "seed": 2}]}
+    status, answer = webui.module._expand_http(body)
+    refused = webui.module._expand_http({**body, "model": str(tiny_model_dir.parent.parent)})
+    assert status == 200 and answer["results"][0]["error"] is None and answer["results"][0]["prompt"].startswith("1girl")
+    assert answer["results"][0]["model"] == str(tiny_model_dir) and lock.entered == entered + 1
+    assert webui.shared.state.jobs == ["tipo_expand", "end"]
+    assert refused[0] == 422 and refused[1]["errors"][0]["field"] == "model", "a default outside the folder is refused too"
+
+
+# -- the X/Y/Z plot --------------------------------------------------------------------------
+
+
+class FakeAxisOption:
+    """A1111 1.10 ``scripts/xyz_grid.py`` ``AxisOption``'s constructor."""
+
+    def __init__(self, label: str, type: Any, apply: Any, format_value: Any = None, confirm: Any = None,
+                 cost: float = 0.0, choices: Any = None, prepare: Any = None) -> None:  # fmt: skip
+        self.label, self.type, self.apply, self.confirm, self.choices = label, type, apply, confirm, choices
+
+
+@pytest.fixture
+def xyz_axes(webui: types.SimpleNamespace) -> Iterator[dict[str, FakeAxisOption]]:
+    """The plot script's module as the WebUI loads it (module name ``xyz_grid.py``), after our
+    ``before_ui`` callback ran twice (a UI reload)."""
+    module = types.ModuleType("xyz_grid.py")
+    module.AxisOption = FakeAxisOption  # type: ignore[attr-defined]
+    module.axis_options = [FakeAxisOption("Nothing", str, None)]  # type: ignore[attr-defined]
+    plot_class = type("Script", (), {"__module__": "xyz_grid.py"})
+    scripts_data = sys.modules["modules.scripts"].scripts_data
+    scripts_data[:] = [types.SimpleNamespace(script_class=FakeScript, module=None),
+                       types.SimpleNamespace(script_class=plot_class, module=module)]  # fmt: skip
+    try:
+        for _ in range(2):
+            for callback in webui.callbacks["before_ui"]:
+                callback()
+        yield {option.label: option for option in module.axis_options}
+    finally:
+        scripts_data.clear()
+
+
+def test_xyz_axes_are_registered_once_with_choices(xyz_axes):
+    assert list(xyz_axes) == ["Nothing", "[TIPO] Enabled", "[TIPO] Model", "[TIPO] Mode", "[TIPO] Tag length",
+                              "[TIPO] NL length", "[TIPO] Temperature", "[TIPO] Seed"]  # fmt: skip
+    assert DEFAULT_MODEL in xyz_axes["[TIPO] Model"].choices()
+    assert xyz_axes["[TIPO] Mode"].choices() == list(spec("mode").choices)
+    assert xyz_axes["[TIPO] Temperature"].choices is None and xyz_axes["[TIPO] Temperature"].type is float
+    assert xyz_axes["[TIPO] Seed"].type is int and xyz_axes["[TIPO] Enabled"].choices() == ["on", "off"]
+
+
+def test_xyz_values_are_checked_before_the_plot_runs(xyz_axes):
+    xyz_axes["[TIPO] Tag length"].confirm(None, ["short", "very_long"])
+    xyz_axes["[TIPO] Temperature"].confirm(None, [0.3, 0.9])
+    with pytest.raises(InvalidArgument, match=r"\[TIPO\] Tag length: tag_length='huge' \(one of"):
+        xyz_axes["[TIPO] Tag length"].confirm(None, ["short", "huge"])
+    with pytest.raises(InvalidArgument, match="maximum 5"):
+        xyz_axes["[TIPO] Temperature"].confirm(None, [0.5, 9.0])
+    with pytest.raises(InvalidArgument, match="on or off"):
+        xyz_axes["[TIPO] Enabled"].confirm(None, ["yes"])
+
+
+def test_each_xyz_cell_gets_its_own_tipo_values_and_turns_tipo_on(webui, tiny_model_dir, xyz_axes):
+    p = P("1girl, solo")
+    cell = copy.copy(p)
+    xyz_axes["[TIPO] Seed"].apply(cell, 7, [7, 8])
+    xyz_axes["[TIPO] Tag length"].apply(cell, "short", ["short"])
+    other = copy.copy(cell)  # the plot copies p once per cell: the next cell's values must not leak back
+    xyz_axes["[TIPO] Seed"].apply(other, 8, [7, 8])
+    assert cell.tipo_overrides == {"seed": 7, "tag_length": "short"} and other.tipo_overrides["seed"] == 8
+    assert not hasattr(p, "tipo_overrides")
+    run(webui, cell, values(tiny_model_dir, enabled=False))
+    assert cell.all_prompts != ["1girl, solo"] and cell.extra_generation_params["TIPO seed"] == 7
+    assert cell.extra_generation_params["TIPO tag length"] == "short"
+    off = copy.copy(p)
+    xyz_axes["[TIPO] Enabled"].apply(off, "off", ["on", "off"])
+    run(webui, off, values(tiny_model_dir))
+    assert off.all_prompts == ["1girl, solo"] and not off.extra_generation_params
+
+
+# -- settings and the model holder -----------------------------------------------------------
+
+
+def test_settings_are_read_tolerantly_with_the_webui_device_and_models_folder():
+    opts = types.SimpleNamespace(tipo_device="auto", tipo_dtype="float16", tipo_vram_policy="bogus",
+                                 tipo_unload_minutes="x", tipo_model=" ", tipo_models_dir="")  # fmt: skip
+    read = WebuiSettings.read(opts, webui_device="cuda:1", default_models_dir="/m/TIPO")
+    assert read == WebuiSettings(DEFAULT_MODEL, "/m/TIPO", "cuda:1", "float16", "keep", 10.0)
+    opts = types.SimpleNamespace(tipo_device="cpu", tipo_dtype="auto", tipo_vram_policy="offload",
+                                 tipo_unload_minutes=2, tipo_model="KBlueLeaf/TIPO-200M-ft2", tipo_models_dir="/x")  # fmt: skip
+    read = WebuiSettings.read(opts, webui_device="cuda", default_models_dir="/m/TIPO")
+    assert read == WebuiSettings("KBlueLeaf/TIPO-200M-ft2", "/x", "cpu", None, "offload", 2.0)
+    keys = {s.key for s in extension.SETTINGS}
+    assert {"tipo_model", "tipo_models_dir", "tipo_device", "tipo_dtype", "tipo_vram_policy", "tipo_unload_minutes",
+            "tipo_nl_prompt_box"} == keys  # fmt: skip
+
+
+def test_the_pool_applies_the_vram_policy_and_unloads_the_model_it_replaces(tiny_model_dir):
+    pool = extension.ExpanderPool()
+    settings_ = WebuiSettings(str(tiny_model_dir), "", "cpu", None, "unload_idle", 0.0)
+    expander = pool.get(str(tiny_model_dir), settings_)
+    assert pool.get(str(tiny_model_dir), settings_) is expander
+    assert expander.residency.value == "unload_idle" and expander.idle_minutes == 0.0
+    assert expander.expand([TipoArgs(max_new_tokens=4).request("1girl", seed=1)])[0].ok
+    assert not expander.is_loaded, "unload_idle with 0 minutes drops the model after each use"
+    kept = pool.get(str(tiny_model_dir), WebuiSettings(str(tiny_model_dir), "", "cpu", None, "keep", 10.0))
+    assert kept is not expander and kept.residency.value == "keep"
+    kept.expand([TipoArgs(max_new_tokens=4).request("1girl", seed=1)])
+    assert kept.is_loaded
+    pool.clear()
+    assert not kept.is_loaded, "replacing or clearing frees the model now"
+
+
+def test_model_names_resolve_inside_the_models_folder(tmp_path):
+    models = tmp_path / "TIPO"
+    (models / "mine").mkdir(parents=True)
+    (models / "x.gguf").write_bytes(b"")
+    (models / "models--KBlueLeaf--TIPO-500M-ft").mkdir()
+    assert model_location("mine", models) == str(models / "mine")
+    assert model_location(str(tmp_path / "elsewhere"), models) == str(tmp_path / "elsewhere"), "the UI may use any path"
+    assert model_location("TIPO-200M-ft2", models) == "KBlueLeaf/TIPO-200M-ft2"
+    assert local_models(models) == ["mine", "x.gguf"] or local_models(models) == ["x.gguf"]
+    assert local_models(tmp_path / "missing") == []
+
+
 # -- gradio (skipped where gradio is not installed: CI has none; checked on 3.41 and 4.40) --
 
 
@@ -460,6 +696,47 @@ def test_ui_builds_every_control_in_schema_order_with_the_schema_defaults():
     params = {"Prompt": "a", "TIPO": "True", "TIPO seed": "9"}
     read = {c.elem_id: fn(params) for c, fn in controls.infotext_fields}
     assert read["tipo_seed"] == 9 and read["tipo_enabled"] is True
+    for f, c in zip(fields()[1:], controls.components[1:]):
+        assert f"tipo-field-{f.name}" in c.elem_classes, "javascript/tipo.js and style.css find controls by class"
+    assert "tipo-nl-prompt" in controls.components[[f.name for f in fields()].index("nl_prompt")].elem_classes
+    assert controls.preview_text.interactive is False and "tipo-preview-html" in controls.preview_html.elem_classes
+    assert controls.expand_now.elem_id == "tipo_expand_now" and "tipo-send-to-prompt" in controls.send_to_prompt.elem_classes
+    with gr.Blocks():
+        chosen = ui.build(lambda name: f"tipo_{name}", model="KBlueLeaf/TIPO-200M-ft2", local_models=["mine"])
+    model = chosen.components[[f.name for f in fields()].index("model")]
+    assert model.value == "KBlueLeaf/TIPO-200M-ft2" and "mine" in str(model.choices)
+
+
+def test_script_wires_expand_now_to_the_tabs_prompt_and_size(webui):
+    gr = pytest.importorskip("gradio")
+    callbacks = dict(webui.script.on_after_component_elem_id)
+    with gr.Blocks() as page:
+        made = {part: gr.Textbox(elem_id=f"txt2img_{part}") for part in ("prompt", "width", "height")}
+        for part, component in made.items():
+            callbacks[f"txt2img_{part}"](types.SimpleNamespace(component=component))
+        components = webui.script.ui(False)
+        info = gr.Textbox(elem_id="generation_info_txt2img")
+        callbacks["generation_info_txt2img"](types.SimpleNamespace(component=info))
+    config = page.get_config_file()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    target = ids["script_txt2img_tipo_expand_now"]
+    expand = [d for d in config["dependencies"] if target in [t[0] if isinstance(t, (list, tuple)) else t for t in d["targets"]]]
+    assert len(expand) == 1
+    assert expand[0]["inputs"][:3] == [made[p]._id for p in ("prompt", "width", "height")]
+    assert expand[0]["inputs"][3:] == [c._id for c in components]
+    assert expand[0]["outputs"] == [ids["script_txt2img_tipo_preview_text"], ids["script_txt2img_tipo_preview_html"]]
+
+
+def test_settings_are_registered_with_their_components(webui):
+    pytest.importorskip("gradio")
+    opts = webui.shared.opts
+    for callback in webui.callbacks["ui_settings"]:
+        callback()
+    assert {setting.key for setting in extension.SETTINGS} <= set(opts.data_labels)
+    assert opts.data_labels["tipo_vram_policy"].component_args == {"choices": ["keep", "offload", "unload_idle"]}
+    # No allow_custom_value: A1111 hands component_args to gradio 3.41's update(), which refuses it.
+    assert opts.data_labels["tipo_model"].component_args == {"choices": [m.repo_id for m in MODELS if m.supported]}
+    assert opts.tipo_nl_prompt_box == "accordion" and opts.tipo_unload_minutes == 10
 
 
 def test_script_ui_is_the_schema_and_can_be_called_again(webui):

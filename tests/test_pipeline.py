@@ -4,7 +4,6 @@ with a scripted engine where the test needs to choose what the model writes."""
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -89,23 +88,6 @@ def test_overlong_prompt_is_cut_for_the_model_and_kept_whole(expander, caplog):
     assert result.ok, result.error
     assert "cut to fit the context" in caplog.text
     assert tags.split(", ")[-1] in result.prompt and tags.split(", ")[0] in result.prompt
-
-
-def test_sixteen_threads_share_one_model_and_get_their_own_results(tiny_model_dir):
-    shared = Expander(tiny_model_dir, device="cpu", lookup=lookup)
-    prompts = [f"1girl, tag{i}" for i in range(16)]
-    expected = {p: shared.expand([request(p, seed=i, ban_tags=(f"tag{i}x",))])[0].prompt for i, p in enumerate(prompts)}
-    got: dict[str, str] = {}
-
-    def run(i: int, prompt: str) -> None:
-        got[prompt] = shared.expand([request(prompt, seed=i, ban_tags=(f"tag{i}x",))])[0].prompt
-
-    threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(prompts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert got == expected
 
 
 def test_unknown_model_is_a_clear_error():

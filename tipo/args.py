@@ -102,8 +102,10 @@ class TipoArgs:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TipoArgs:
         """Named form (API dict, JSON): unknown keys are errors naming the allowed ones."""
+        if not isinstance(values, Mapping):
+            raise InvalidArgument(f"TIPO arguments must be an object of named values; got {type(values).__name__}")
         names = {f.name for f in fields()}
-        unknown = sorted(set(values) - names)
+        unknown = sorted((key for key in values if key not in names), key=repr)
         if unknown:
             raise InvalidArgument(f"unknown TIPO argument(s) {unknown}; allowed: {sorted(names)}")
         return cls(**{key: _coerce(key, value) for key, value in values.items()})
@@ -162,15 +164,23 @@ def _coerce(name: str, value: Any) -> Any:
             return value
         return int(number) if kind is int and number.is_integer() else number
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return _as_float(value)
     return value
+
+
+def _as_float(value: int) -> float:
+    """An int as a float; one too large for a float becomes infinite (then refused by name)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _check(f: dataclasses.Field, value: Any) -> str | None:  # type: ignore[type-arg]
     info: FieldSpec = f.metadata["spec"]
     kind = type(f.default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = _as_float(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         return f"{f.name}={value!r} (expected {kind.__name__})"
     if isinstance(value, float) and not math.isfinite(value):

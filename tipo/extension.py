@@ -2,8 +2,10 @@
 
 ``scripts/tipo_script.py`` reads the WebUI's processing object and control values into the
 values here, calls :func:`run_job` and writes the result back. Everything that can be decided
-without a WebUI (argument forms, seeds, which prompts share an expansion, fallbacks, infotext)
-is decided here and tested without one. Facts about the WebUIs cited below are in
+without a WebUI (argument forms, seeds, which prompts share an expansion, fallbacks, progress,
+the preview) is decided here and tested without one; the infotext lives in :mod:`tipo.infotext`,
+the Settings and the model holder in :mod:`tipo.settings`, the X/Y/Z plot axes in
+:mod:`tipo.xyz`, the HTTP routes in :mod:`tipo.routes`. Facts about the WebUIs cited below are in
 ``shared/reference/webui-facts.md`` ("The API and extension args", "Order of things").
 """
 
@@ -12,38 +14,48 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
-import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tipo.args import TipoArgs, fields, spec
+from tipo.engine.base import Control, Progress
 from tipo.errors import GenerationError, InvalidArgument, TipoError
+from tipo.infotext import (
+    ERROR_KEY,
+    ORIGINAL_HR_PROMPT_KEY,
+    ORIGINAL_PROMPT_KEY,
+    decode_value,
+    encode_value,
+    image_infotext,
+    infotext_params,
+    paste_values,
+    restore_original_prompts,
+)
 from tipo.pipeline import Expansion
-from tipo.request import ExpandRequest, resolve_seed
+from tipo.request import resolve_seed
+from tipo.settings import (
+    SETTINGS,
+    ExpanderPool,
+    Setting,
+    SupportsExpand,
+    environment_report,
+)
 
 __all__ = [
-    "TITLE", "ORIGINAL_PROMPT_KEY", "ORIGINAL_HR_PROMPT_KEY", "ERROR_KEY", "Job", "JobResult",
-    "ExpanderPool", "Setting", "SETTINGS", "parse_script_args", "default_values", "derive_seed",
-    "expansion_seeds", "run_job", "infotext_params", "encode_value", "decode_value",
-    "paste_values", "restore_original_prompts", "environment_report", "check_api_payload",
-    "resolve_tipo_seed", "seed_from_generation_info",
+    "TITLE", "Job", "JobResult", "Preview", "parse_script_args", "default_values", "derive_seed",
+    "expansion_seeds", "run_job", "check_api_payload", "resolve_tipo_seed", "seed_from_generation_info",
+    "webui_control", "progress_text", "preview",
+    # re-exported from tipo.infotext and tipo.settings, where they live
+    "ORIGINAL_PROMPT_KEY", "ORIGINAL_HR_PROMPT_KEY", "ERROR_KEY", "encode_value", "decode_value",
+    "infotext_params", "paste_values", "restore_original_prompts", "ExpanderPool", "Setting", "SETTINGS",
+    "environment_report",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 #: The script's title: the API's ``alwayson_scripts`` key. Never versioned (style sheet, 2).
 TITLE = "TIPO"
-ORIGINAL_PROMPT_KEY = "TIPO original prompt"
-ORIGINAL_HR_PROMPT_KEY = "TIPO original hires prompt"
-ERROR_KEY = "TIPO error"
-#: Marks an infotext value that would not survive the WebUI's quoting as it is (see encode_value).
-_ENCODED = "json:"
 _MAX_REASON = 300
-
-
-class SupportsExpand(Protocol):
-    def expand(self, requests: Sequence[ExpandRequest], *, strict: bool = False) -> list[Expansion]: ...
 
 
 # -- arguments -------------------------------------------------------------------------------
@@ -55,13 +67,17 @@ def default_values() -> list[Any]:
     return [f.default for f in fields()]
 
 
-def parse_script_args(values: Sequence[Any]) -> TipoArgs | None:
+def parse_script_args(values: Sequence[Any], overrides: Mapping[str, Any] | None = None) -> TipoArgs | None:
     """The settings from what ``process()`` receives, validated; ``None`` when TIPO is off.
 
     Two forms: the positional list in ``ui()`` order, or a dict of named args in the first slot
     laid over the other slots (the WebUI hands ``{"args": [{...}]}`` to the script as its first
     value). A dict means enabled unless it says ``"enabled": false``. A positional list with
     TIPO off is not validated: a disabled extension never stops a generation.
+
+    ``overrides`` (named values an X/Y/Z plot axis set on ``p``, :mod:`tipo.xyz`) are laid over
+    both forms and switch TIPO on unless they say ``"enabled": false``: a plot over a TIPO
+    setting with TIPO off would draw the same image in every cell.
     """
     names = [f.name for f in fields()]
     if len(values) > len(names):
@@ -72,16 +88,19 @@ def parse_script_args(values: Sequence[Any]) -> TipoArgs | None:
         keys = [key for key in first if not isinstance(key, str)]
         if keys:
             raise InvalidArgument(f"TIPO named args need string keys; got {keys!r}")
-        args = TipoArgs.from_dict({**rest, "enabled": True, **first})
+        named = {**rest, "enabled": True, **first}
     elif isinstance(first, bool):
-        if not first:
-            return None
-        args = TipoArgs.from_dict({**rest, "enabled": True})
+        named = {**rest, "enabled": first}
     else:
         raise InvalidArgument(
             f"TIPO args[0] must be true/false (enabled) or an object of named args such as "
             f'{{"enabled": true, "seed": 42}}; got {type(first).__name__} {first!r}'
         )
+    if overrides:
+        named = {**named, "enabled": True, **overrides}
+    elif not isinstance(first, Mapping) and not first:
+        return None
+    args = TipoArgs.from_dict(named)
     _check_usable(args)
     return args if args.enabled else None
 
@@ -188,14 +207,22 @@ class JobResult:
         return sum(error is not None for error in self.errors)
 
 
-def run_job(job: Job, args: TipoArgs, expander: SupportsExpand, *, report: Callable[[], str] = lambda: "") -> JobResult:
+def run_job(
+    job: Job,
+    args: TipoArgs,
+    expander: SupportsExpand,
+    *,
+    report: Callable[[], str] = lambda: "",
+    control: Control | None = None,
+) -> JobResult:
     """Expand every prompt of the job in one batched call and return the new prompts.
 
     A text is expanded once per seed: an image's hires prompt equal to its prompt takes the
     prompt's expansion, and a separate hires prompt is expanded in the same call with the
     image's seed. An image whose expansion fails keeps its original prompt (and says why),
     unless ``args.strict``: then :class:`GenerationError` carries ``report()`` (versions,
-    model, device) and the cause.
+    model, device) and the cause. ``control`` shows progress and stops between decode steps
+    (Interrupt/Skip); stopped rows keep their prompts, strict or not (it is no failure).
     """
     keys: dict[tuple[str, int], int] = {}
     for index, prompt in enumerate(job.prompts):
@@ -207,7 +234,7 @@ def run_job(job: Job, args: TipoArgs, expander: SupportsExpand, *, report: Calla
         for text, seed in keys
     ]  # fmt: skip
     try:
-        expansions = expander.expand(requests, strict=args.strict)
+        expansions = expander.expand(requests, strict=args.strict, control=control)
         results: list[Expansion | None] = list(expansions)
         reasons = [None if r.ok else _one_line(r.error or "unknown error") for r in expansions]
     except Exception as error:  # the glue's one broad guard (style sheet, section 5)
@@ -235,7 +262,7 @@ def run_job(job: Job, args: TipoArgs, expander: SupportsExpand, *, report: Calla
             "TIPO kept the original prompt of %d of %d image(s): %s",
             sum(e is not None for e in errors), len(prompts), "; ".join(failed[:3]),
         )  # fmt: skip
-    infotext = {**infotext_params(args, job.tipo_seed), **_image_infotext(job, errors)}
+    infotext = {**infotext_params(args, job.tipo_seed), **image_infotext(job.prompts, job.hr_prompts, errors)}
     return JobResult(prompts, hr_prompts, tuple(errors), infotext)
 
 
@@ -244,165 +271,7 @@ def _one_line(text: str) -> str:
     return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 1] + "…"
 
 
-# -- infotext --------------------------------------------------------------------------------
-
-
-def encode_value(value: Any, key: str = "") -> Any:
-    """An infotext value that comes back unchanged through the WebUI's quoting.
-
-    The WebUI writes a value as is unless it holds ``,``, ``:`` or a newline (then as JSON),
-    and its parser strips leading spaces, JSON-decodes any value in double quotes and cannot
-    read an empty one; a value equal to its ``key`` is written as the bare key. Such strings
-    are written as ``json:"…"``, which the colon makes the WebUI quote; :func:`decode_value`
-    undoes it. Everything else is written as it is.
-    """
-    if not isinstance(value, str):
-        return value
-    risky = (
-        value != value.strip() or not value or value == key or value.startswith(_ENCODED)
-        or (len(value) > 1 and value[0] == value[-1] == '"')
-    )  # fmt: skip
-    return _ENCODED + json.dumps(value, ensure_ascii=False) if risky else value
-
-
-def decode_value(text: Any) -> Any:
-    if isinstance(text, str) and text.startswith(_ENCODED):
-        try:
-            decoded = json.loads(text[len(_ENCODED) :])
-        except ValueError:
-            return text
-        return decoded if isinstance(decoded, str) else text
-    return text
-
-
-def infotext_params(args: TipoArgs, seed: int) -> dict[str, Any]:
-    """Every setting under its schema key (``TIPO mode``…), the seed being the one used;
-    empty texts (their default) are left out."""
-    values = {**args.to_dict(), "seed": seed}
-    return {spec(f.name).infotext: encode_value(values[f.name], spec(f.name).infotext) for f in fields() if values[f.name] != ""}
-
-
-def _image_infotext(job: Job, errors: Sequence[str | None]) -> dict[str, Any]:
-    """Per-image entries: the WebUI writes ``value[i]`` of a list into image ``i``'s infotext
-    and leaves ``None`` out; a list whose entries are all equal is written as one value."""
-    entries: dict[str, list[Any]] = {
-        ORIGINAL_PROMPT_KEY: [encode_value(p, ORIGINAL_PROMPT_KEY) if e is None else None for p, e in zip(job.prompts, errors)],
-        ERROR_KEY: list(errors),
-    }
-    if job.hr_prompts is not None:
-        entries[ORIGINAL_HR_PROMPT_KEY] = [
-            encode_value(h, ORIGINAL_HR_PROMPT_KEY) if e is None and h != p else None
-            for p, h, e in zip(job.prompts, job.hr_prompts, errors)
-        ]  # fmt: skip
-    out: dict[str, Any] = {}
-    for key, values in entries.items():
-        if any(v is not None for v in values):
-            out[key] = values[0] if all(v == values[0] for v in values) else values
-    return out
-
-
-def restore_original_prompts(params: dict[str, Any]) -> None:
-    """The paste callback: the prompt boxes get the prompts as typed (the image's prompt is
-    the expansion), so Generate with the pasted TIPO seed reproduces the expansion."""
-    original = params.get(ORIGINAL_PROMPT_KEY)
-    if isinstance(original, str):
-        params["Prompt"] = decode_value(original)
-    original_hr = params.get(ORIGINAL_HR_PROMPT_KEY)
-    if isinstance(original_hr, str):
-        params["Hires prompt"] = decode_value(original_hr)
-
-
-def paste_values(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Control values from a parsed infotext, tolerant: a missing or unreadable key gives the
-    default (only ``float``/``int``/``bool`` parsing, never ``eval``).
-
-    No ``TIPO`` key means the image was made without TIPO: TIPO is switched off and the other
-    controls are left alone. When the prompt being pasted is still the expansion (the API's
-    ``infotext`` field does not run the paste callback), TIPO is off too: expanding an expanded
-    prompt again would not reproduce the image.
-    """
-    if spec("enabled").infotext not in params:
-        return {"enabled": False}
-    values: dict[str, Any] = {}
-    for f in fields():
-        raw = params.get(spec(f.name).infotext)
-        if raw is None or f.name == "enabled":
-            values[f.name] = f.default
-            continue
-        try:
-            values[f.name] = getattr(TipoArgs.from_dict({f.name: decode_value(raw)}), f.name)
-        except TipoError as error:
-            logger.warning("TIPO: ignoring pasted %s (%s)", spec(f.name).infotext, error)
-            values[f.name] = f.default
-    original = params.get(ORIGINAL_PROMPT_KEY)
-    values["enabled"] = not isinstance(original, str) or params.get("Prompt") == decode_value(original)
-    return values
-
-
-# -- environment, settings, models -----------------------------------------------------------
-
-
-def environment_report(args: TipoArgs, device: str | None) -> str:
-    """What a bug report needs: versions, model, device, settings (strict mode's error)."""
-    import importlib.metadata
-
-    versions = []
-    for dist in ("tipo", "torch", "transformers", "huggingface_hub", "gradio"):
-        try:
-            versions.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{dist} -")
-    return (
-        f"versions: python {sys.version.split()[0]}, {', '.join(versions)}\n"
-        f"model: {args.model}; device: {device or 'auto'}\n"
-        f"args: {json.dumps(args.to_dict(), ensure_ascii=False)}"
-    )
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One WebUI option in the TIPO section of Settings (the script registers it)."""
-
-    key: str
-    default: Any
-    label: str
-    choices: tuple[str, ...] | None = None
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("tipo_device", "auto", "Device for TIPO: auto (the WebUI's device), cpu, cuda, cuda:1, mps…"),
-    Setting("tipo_dtype", "auto", "Weights type for TIPO (auto: bfloat16/float16 on GPU, float32 on CPU)",
-            ("auto", "float32", "float16", "bfloat16")),
-    Setting("tipo_models_dir", "", "Folder for downloaded TIPO models (empty: the WebUI's models/TIPO)"),
-    Setting("tipo_unload_after_use", False, "Unload the TIPO model after each generation (frees memory, reloads each time)"),
-)  # fmt: skip
-
-
-class ExpanderPool:
-    """Holds the expander of the model used last (one TIPO model in memory), shared by the
-    txt2img and img2img scripts; thread-safe. Its owner is the entry script."""
-
-    def __init__(self, factory: Callable[..., SupportsExpand] | None = None) -> None:
-        self._factory = factory
-        self._lock = threading.Lock()
-        self._key: tuple[Any, ...] | None = None
-        self._expander: SupportsExpand | None = None
-
-    def get(self, model: str, *, device: str | None = None, dtype: str | None = None, cache_dir: str | None = None) -> SupportsExpand:
-        key = (model, device, dtype, cache_dir)
-        with self._lock:
-            if self._expander is None or self._key != key:
-                factory = self._factory
-                if factory is None:
-                    from tipo.api import Expander
-
-                    factory = Expander
-                self._expander, self._key = factory(model, device=device, dtype=dtype, cache_dir=cache_dir), key
-            return self._expander
-
-    def clear(self) -> None:
-        with self._lock:
-            self._expander = self._key = None
+# -- seeds of the UI ------------------------------------------------------------------------
 
 
 def resolve_tipo_seed(seed: int) -> int:
@@ -425,3 +294,70 @@ def seed_from_generation_info(text: str) -> int | None:
         return int(value) if value is not None and not isinstance(value, bool) else None
     except (TypeError, ValueError):
         return None
+
+
+# -- progress, Interrupt and Skip ------------------------------------------------------------
+
+
+def progress_text(progress: Progress) -> str:
+    """The WebUI's progress line during TIPO's decoding ("TIPO: pass 2, step 37/256, 8 prompts")."""
+    rows = f"{progress.rows} prompt" + ("" if progress.rows == 1 else "s")
+    return f"TIPO: pass {max(progress.round, 1)}, step {progress.step + 1}/{progress.steps}, {rows}"
+
+
+def webui_control(state: Any) -> Control:
+    """A :class:`Control` over the WebUI's ``shared.state``: Interrupt and Skip stop TIPO
+    between decode steps (Skip skips TIPO: the images are drawn from the prompts as typed);
+    the progress line and step counter show TIPO's decoding until the sampler takes them over.
+    "Stop generating" (Forge) lets the current image finish, and that needs its prompt expanded.
+    """
+
+    def should_stop() -> bool:
+        return bool(getattr(state, "interrupted", False) or getattr(state, "skipped", False))
+
+    def on_progress(progress: Progress) -> None:
+        state.textinfo = progress_text(progress)
+        state.sampling_step, state.sampling_steps = progress.step, progress.steps
+
+    return Control(should_stop=should_stop, on_progress=on_progress)
+
+
+# -- "Expand now" ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The result of "Expand now": the expansion of the prompt box, or why there is none."""
+
+    original: str
+    prompt: str
+    seed: int | None = None
+    error: str | None = None
+
+
+def preview(
+    prompt: str,
+    values: Sequence[Any],
+    expander_for: Callable[[TipoArgs], SupportsExpand],
+    *,
+    width: int = 1024,
+    height: int = 1024,
+    protected_words: tuple[str, ...] = (),
+    control: Control | None = None,
+) -> Preview:
+    """Expand the prompt box with the current controls (TIPO's checkbox ignored), without a
+    generation. The TIPO seed itself seeds it (there is no image seed yet); ``-1`` draws one,
+    reported in the result. Never raises: every problem comes back as ``error``."""
+    try:
+        args = parse_script_args([True, *values[1:]])
+        assert args is not None  # enabled by construction
+        seed = resolve_tipo_seed(args.seed)
+        request = args.request(prompt, width=int(width), height=int(height), seed=seed, protected_words=protected_words)
+    except (TipoError, TypeError, ValueError) as error:
+        return Preview(prompt, prompt, error=_one_line(str(error)))
+    try:
+        [result] = expander_for(args).expand([request], strict=False, control=control)
+    except Exception as error:  # the glue's broad guard (style sheet, section 5)
+        logger.warning("TIPO preview failed: %s", error, exc_info=True)
+        return Preview(prompt, prompt, seed, _one_line(f"{type(error).__name__}: {error}"))
+    return Preview(prompt, result.prompt, result.seed, None if result.ok else _one_line(result.error or "unknown error"))

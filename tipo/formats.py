@@ -5,7 +5,8 @@ A template holds placeholders ``<|special|>``, ``<|characters|>``, ``<|copyright
 ``<|generated|>`` and ``<|extended|>``. Lists are joined with ``, ``; ``<|extended|>`` falls
 back to ``<|generated|>`` when empty (and the other way round); an empty placeholder vanishes
 with the separator after it (``,`` or ``.``: the reference left a lone ``.``), and lines left
-with only separators vanish. Runs of blank lines and spaces in the template collapse; the
+with only separators vanish; a value that ends a sentence (``.``, ``!``, ``?``) takes no
+template ``.`` after it. Runs of blank lines and spaces in the template collapse; the
 values are never touched (the reference also collapsed spaces inside the user's tags). All
 placeholders are filled in one pass, so a value that looks like a placeholder is never
 expanded again.
@@ -46,7 +47,6 @@ TEMPLATES: dict[Mode, str] = {
 }
 
 _PLACEHOLDER = re.compile(r"<\|([a-z_]+)\|>")
-_ANY_TOKEN = re.compile(r"<\|[^|<>]*\|>")
 
 
 def template_for(mode: Mode, custom: str = "") -> str:
@@ -65,7 +65,7 @@ def _text(value: Value | None) -> str:
     if isinstance(value, str):
         return value.strip()
     items = (item.strip() for item in value)
-    return ", ".join(item for item in items if item and not _ANY_TOKEN.fullmatch(item))
+    return ", ".join(item for item in items if item)
 
 
 def apply_template(template: str, values: Mapping[str, Value]) -> str:
@@ -97,4 +97,10 @@ def apply_template(template: str, values: Mapping[str, Value]) -> str:
         line = re.sub(r"(?:,[ \t]*){2,}", ", ", line)
         lines.append(line)
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip().strip(",").strip()
+
+    def ends_sentence(match: re.Match[str]) -> str:
+        """A template's "." after a value that already ends a sentence ("Wait...") is dropped."""
+        return match.group(1) if values_in[int(match.group(2))][-1] in ".!?" else match.group(0)
+
+    text = re.sub("(\x01(\\d+)\x02)\\.", ends_sentence, text)
     return re.sub("\x01(\\d+)\x02", lambda m: values_in[int(m.group(1))], text)

@@ -39,6 +39,7 @@ __all__ = [
     "find_model",
     "load_model",
     "resolve_model",
+    "resolve_user_model",
     "validate_model_dir",
 ]
 
@@ -109,6 +110,13 @@ def _known_ids() -> str:
     return ", ".join(info.repo_id for info in MODELS if info.supported)
 
 
+def _supported(info: ModelInfo) -> str:
+    """The entry's repo id, or why it cannot run."""
+    if not info.supported:
+        raise UnsupportedModelError(f"{info.repo_id}: {info.unsupported_reason}. Use one of: {_known_ids()}")
+    return info.repo_id
+
+
 def resolve_model(
     name_or_path: str | Path,
     *,
@@ -133,13 +141,12 @@ def resolve_model(
             inspect_gguf(candidate)
         else:
             validate_model_dir(candidate)
+            _check_weights(candidate)
         return candidate
     info = find_model(text)
     if info is not None:
-        if not info.supported:
-            raise UnsupportedModelError(f"{info.repo_id}: {info.unsupported_reason}. Use one of: {_known_ids()}")
-        return _download(info.repo_id, cache_dir=cache_dir, local_files_only=local_files_only)
-    if _REPO_ID.match(text) and not text.startswith("."):
+        return _download(_supported(info), cache_dir=cache_dir, local_files_only=local_files_only)
+    if _is_repo_id(text):
         if not allow_unknown_repo:
             raise ModelNotFoundError(
                 f"{text!r} is not a known TIPO model and no such folder exists. Known models: "
@@ -149,6 +156,76 @@ def resolve_model(
     raise ModelNotFoundError(f"no model folder at {candidate} (and {text!r} is no known model id: {_known_ids()})")
 
 
+#: Windows device names: a "folder" called ``nul`` or ``com1`` is no folder there.
+_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10))})
+_MAX_NAME_CHARS = 255
+
+
+def resolve_user_model(name: object, models_dir: str | Path | None) -> str:
+    """The model named by a WebUI user (dropdown, API args, pasted infotext), without any download.
+
+    Only two kinds of name are accepted: a registry id (returned as the registry spells it, the
+    unsupported ones refused) or the name of a folder or ``.gguf`` file directly inside
+    ``models_dir`` (returned as its real path; an existing one wins over a registry name, as in
+    :func:`resolve_model`). Absolute paths, ``..``, separators, drive letters, URLs, symlinks
+    that leave the folder and repo ids outside the registry are refused, naming the value: an
+    API caller must not make the server read files elsewhere or download another repo. The CLI
+    and the Python API take any local path instead (the user types it on their own machine).
+    """
+    if not isinstance(name, str):
+        raise InvalidArgument(f"model={name!r} (must be a string: a TIPO model id or a folder name)")
+    text = name.strip()
+    if not text or len(text) > _MAX_NAME_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidArgument(f"model={name[:80]!r} (empty, too long or holding control characters)")
+    local = _user_model_path(text, models_dir)
+    if local is not None:
+        return str(local)
+    info = find_model(text)
+    if info is not None:
+        return _supported(info)
+    where = f"folders and .gguf files in {models_dir}" if models_dir is not None else "no local folders here"
+    raise ModelNotFoundError(
+        f"model={text!r} is neither a known TIPO model nor a model in the TIPO models folder. Known models: "
+        f"{_known_ids()}; {where}"
+    )
+
+
+def _user_model_path(text: str, models_dir: str | Path | None) -> Path | None:
+    """The real path of ``models_dir/text`` when ``text`` is one plain file name that exists
+    there; ``None`` when it may be a registry id; refuses path-like and escaping names."""
+    is_plain = (
+        not any(mark in text for mark in ("/", "\\", ":"))
+        and text not in (".", "..")
+        and not text.startswith("~")
+        and text.split(".")[0].strip().lower() not in _DEVICE_NAMES
+        and text == text.rstrip(". ")  # Windows drops trailing dots and spaces
+    )
+    if not is_plain:
+        if find_model(text) is not None or _is_repo_id(text):
+            return None  # a repo id: the caller accepts it only from the registry
+        raise InvalidArgument(
+            f"model={text!r} is a path or URL; only TIPO model ids ({_known_ids()}) and names of "
+            f"folders or .gguf files inside the TIPO models folder are accepted here"
+        )
+    if models_dir is None:
+        return None
+    root = Path(models_dir).expanduser().resolve()
+    candidate = root / text
+    if not (candidate.exists() or candidate.is_symlink()):
+        return None
+    real = candidate.resolve()
+    if real == root or root not in real.parents:
+        raise InvalidArgument(f"model={text!r} links outside the TIPO models folder {root}; move the model into it")
+    if not (real.is_dir() or _is_gguf_file(real)):
+        raise ModelNotFoundError(f"model={text!r}: {real} is neither a model folder nor a .gguf file")
+    return real
+
+
+def _is_repo_id(text: str) -> bool:
+    """``owner/name`` as the Hub spells repo ids (no part starting with a dot, so no ``..``)."""
+    return bool(_REPO_ID.match(text)) and not any(part.startswith(".") for part in text.split("/"))
+
+
 def validate_model_dir(path: Path) -> dict[str, Any]:
     """Check that ``path`` holds a loadable TIPO model and return its config.json."""
     if not path.is_dir():
@@ -156,19 +233,7 @@ def validate_model_dir(path: Path) -> dict[str, Any]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"{path} holds no config.json, so it is no model folder")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(f"{config_file} cannot be read as JSON: {error}") from error
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != "llama":
-        raise UnsupportedModelError(
-            f"{path}: model_type is {model_type!r}; only LLaMA TIPO models (model_type 'llama', "
-            f"LlamaForCausalLM) are supported"
-        )
-    architectures = config.get("architectures") or ["LlamaForCausalLM"]
-    if "LlamaForCausalLM" not in architectures:
-        raise UnsupportedModelError(f"{path}: architectures {architectures!r} do not include LlamaForCausalLM")
+    config = _read_config(config_file)
     if not (path / "model.safetensors").is_file() and not (path / "model.safetensors.index.json").is_file():
         found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.gguf"))
         raise ModelNotFoundError(
@@ -178,28 +243,133 @@ def validate_model_dir(path: Path) -> dict[str, Any]:
         )
     if not (path / "tokenizer.model").is_file():
         raise ModelNotFoundError(f"{path} has no tokenizer.model")
+    _weight_files(path)
     return config
 
 
+def _read_config(config_file: Path) -> dict[str, Any]:
+    """config.json, which must describe a ``LlamaForCausalLM`` (no remote code, format sheet "Models")."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"{config_file} cannot be read as JSON: {error}") from error
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "llama":
+        raise UnsupportedModelError(
+            f"{config_file.parent}: model_type is {model_type!r}; only LLaMA TIPO models (model_type 'llama', "
+            f"LlamaForCausalLM) are supported"
+        )
+    architectures = config.get("architectures") or ["LlamaForCausalLM"]
+    if not isinstance(architectures, list) or "LlamaForCausalLM" not in architectures:
+        raise UnsupportedModelError(
+            f"{config_file.parent}: architectures {architectures!r} do not include LlamaForCausalLM"
+        )
+    return config
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """model.safetensors, or the shards its index names: plain file names in ``path`` only (a
+    hostile index must not point the loaders at ``../../somewhere``)."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return [path / "model.safetensors"]
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ModelNotFoundError(f"{index} is damaged (no readable weight_map): {error!r}") from error
+    for name in names:
+        if not isinstance(name, str) or not _SHARD_NAME.match(name):
+            raise ModelNotFoundError(f"{index} names the shard {name!r}; shards must be *.safetensors files beside it")
+        if not (path / name).is_file():
+            raise ModelNotFoundError(f"{path} lacks the shard {name} that its index names (incomplete download?)")
+    return [path / name for name in names]
+
+
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.safetensors$")
+#: safetensors refuses headers above 100 MB; TIPO's are a few kB.
+_MAX_HEADER_BYTES = 100_000_000
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+
+
+def _check_weights(folder: Path) -> None:
+    """Read only the safetensors headers and check that they describe exactly the files' bytes.
+
+    A copy or download cut short, or a damaged file, is reported when the model is resolved,
+    with one message and before any engine reads a weight (safetensors' own error is a bare
+    ``Exception`` with a terse text). Not part of :func:`validate_model_dir`, which loaders call
+    before they check the tokenizer, the cheaper mismatch to report first.
+    """
+    for file in _weight_files(folder):
+        try:
+            with file.open("rb") as handle:
+                size = file.stat().st_size
+                head = handle.read(8)
+                length = int.from_bytes(head, "little") if len(head) == 8 else -1
+                header = handle.read(length) if 2 <= length <= min(size - 8, _MAX_HEADER_BYTES) else None
+        except OSError as error:
+            raise ModelNotFoundError(f"cannot read {file}: {error}") from error
+        problem = f"{size} bytes, header length {length}" if header is None else _header_problem(header, size - 8 - length)
+        if problem:
+            raise ModelNotFoundError(f"{file} is damaged or incomplete ({problem}); delete it and download the model again")
+
+
+def _header_problem(raw: bytes, data_bytes: int) -> str:
+    """What is wrong with a safetensors header whose tensors must fill ``data_bytes`` exactly,
+    back to back, each as large as its dtype and shape say; empty when nothing is."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        spans = sorted(
+            (entry["data_offsets"][0], entry["data_offsets"][1], name, entry["dtype"], entry["shape"])
+            for name, entry in header.items() if name != "__metadata__"
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        return f"unreadable header: {error!r}"
+    position = 0
+    for begin, end, name, dtype, shape in spans:
+        if not (isinstance(begin, int) and isinstance(end, int)):
+            return f"tensor {name!r} has data_offsets {[begin, end]!r}"
+        count = 1
+        for dim in shape if isinstance(shape, list) else [-1]:
+            count = count * dim if isinstance(dim, int) and dim >= 0 else -1
+        size = count * _DTYPE_BYTES.get(dtype, 0) if count >= 0 and dtype in _DTYPE_BYTES else end - begin
+        if begin != position or end - begin != size:
+            return f"tensor {name!r} at bytes {begin}..{end} does not follow byte {position} or fit {dtype} {shape}"
+        position = end
+    return "" if position == data_bytes else f"its header describes {position} bytes of tensors, the file holds {data_bytes}"
+
+
 def _download(repo_id: str, *, cache_dir: str | Path | None, local_files_only: bool | None) -> Path:
+    """The repo's snapshot; a repo outside the registry must first show a LLaMA config.json,
+    so a non-TIPO repo is refused before any of its weights is fetched."""
+    if find_model(repo_id) is None:
+        _read_config(_snapshot(repo_id, ["config.json"], cache_dir, local_files_only) / "config.json")
+    folder = _snapshot(repo_id, list(REPO_FILES), cache_dir, local_files_only)
+    validate_model_dir(folder)
+    _check_weights(folder)
+    return folder
+
+
+def _snapshot(
+    repo_id: str, patterns: list[str], cache_dir: str | Path | None, local_files_only: bool | None
+) -> Path:
     from huggingface_hub import snapshot_download
 
     errors = _HubErrors.load()
-    kwargs: dict[str, Any] = {"repo_id": repo_id, "allow_patterns": list(REPO_FILES)}
+    kwargs: dict[str, Any] = {"repo_id": repo_id, "allow_patterns": patterns}
     if cache_dir is not None:
         kwargs["cache_dir"] = str(cache_dir)
     if local_files_only is not None:
         kwargs["local_files_only"] = local_files_only
     try:
-        folder = Path(snapshot_download(**kwargs))
+        return Path(snapshot_download(**kwargs))
     except errors.repo_missing as error:
         raise ModelNotFoundError(
             f"{repo_id} was not found on the Hugging Face Hub (or needs a login): {error}"
         ) from error
     except errors.unreachable as error:
         raise HubUnreachableError(_unreachable_message(repo_id, error, local_files_only, cache_dir)) from error
-    validate_model_dir(folder)
-    return folder
 
 
 def _unreachable_message(
@@ -208,18 +378,21 @@ def _unreachable_message(
     from huggingface_hub import constants
 
     cache = cache_dir or getattr(constants, "HF_HUB_CACHE", None) or getattr(constants, "HUGGINGFACE_HUB_CACHE", "?")
+    detail = ""
     if local_files_only:
         why = "local_files_only=True was given"
     elif getattr(constants, "HF_HUB_OFFLINE", False):
         why = "offline mode is on (HF_HUB_OFFLINE=1); set HF_HUB_OFFLINE=0 to allow the download"
     else:
-        # snapshot_download chains the transport error it fell back from.
+        # snapshot_download chains the transport error it fell back from. It goes last and
+        # short: the WebUI shows the first line of a few hundred characters, the advice first.
         root = error.__cause__ or error
-        why = f"the Hub could not be reached ({type(root).__name__}: {root}); check the internet connection or proxy"
+        why = "the Hub could not be reached; check the internet connection or proxy"
+        detail = f" ({type(root).__name__}: {' '.join(str(root).split())[:300]})"
     return (
         f"Cannot get model {repo_id}: it is not in the local Hugging Face cache ({cache}) and {why}. "
         f"Alternatively download it where the Hub is reachable with `{download_command(repo_id, cache_dir)}`, "
-        f"or pass a folder that holds the model with --model PATH."
+        f"or pass a folder that holds the model with --model PATH.{detail}"
     )
 
 
@@ -380,6 +553,14 @@ def _is_gguf_file(path: Path) -> bool:
     return path.suffix.lower() == ".gguf" and path.is_file()
 
 
+def _torch_oom() -> tuple[type[BaseException], ...]:
+    """torch's out-of-memory error classes (CUDA's exists from torch 1.13)."""
+    import torch
+
+    found = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (found,) if isinstance(found, type) else ()
+
+
 def _safetensors_error() -> type[BaseException]:
     """safetensors' own error class (a plain Exception, raised for a damaged file)."""
     import safetensors
@@ -418,9 +599,13 @@ def load_model(
         model = LlamaForCausalLM.from_pretrained(
             str(folder), use_safetensors=True, local_files_only=True, **{dtype_key: target_dtype}
         )
-    except (OSError, ValueError, _safetensors_error()) as error:
+    except (OSError, ValueError, RuntimeError, _safetensors_error()) as error:
+        # transformers reports a tensor whose shape disagrees with config.json as RuntimeError;
+        # running out of memory is no damage and keeps its own type.
+        if isinstance(error, _torch_oom()):
+            raise
         raise ModelNotFoundError(
-            f"cannot load the weights in {folder} (damaged or incomplete download?): {error}"
+            f"cannot load the weights in {folder} (damaged, incomplete or not matching config.json?): {error}"
         ) from error
     model.to(target_device)
     model.eval()

@@ -5,21 +5,27 @@ and so on: only the rows that still need a generation run again, together. A row
 stream comes from its own seed (:func:`tipo.request.pass_seed`), never from its place in the
 batch. A failure never loses the user's prompt: the row keeps its original prompt and says
 why, unless ``strict`` asks for the error.
+
+A round that runs out of GPU memory is split in halves and retried, down to one row; the rows
+of this call then go in batches no larger than what fitted, and a row that does not fit alone
+keeps its original prompt (:class:`tipo.api.Expander` first tries such a row on the CPU).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from tipo.categorise import Lookup
-from tipo.engine.base import Control, Engine, GenerationRequest, Progress
-from tipo.errors import Interrupted, TipoError
+from tipo.engine.base import MIN_NEW_TOKENS, Control, Engine, GenerationRequest, GenerationResult, Progress
+from tipo.errors import GenerationError, Interrupted, TipoError
 from tipo.parse import Parsed, parse_output
 from tipo.postprocess import PassInput, meets_target, post_process
-from tipo.render import general_text, render_input
+from tipo.render import MetaLines, general_text, render_input
 from tipo.request import ExpandRequest, Prepared, pass_seed, prepare, resolve_seed
 from tipo.restore import compose_prompt
 
@@ -71,10 +77,16 @@ class _Row:
     new_tokens: int = 0
     done: bool = False
     warned_cut: bool = False
+    error: str | None = None  # set when this row alone failed (it is then done)
+    meta: MetaLines | None = None  # what the model reads of the meta lines (cut to fit the context)
 
     def model_input(self) -> str:
         step = self.prepared.passes[self.pass_index]
-        return render_input(self.prepared.meta, self.tags, self.nl, step)
+        return render_input(self.meta or self.prepared.meta, self.tags, self.nl, step)
+
+
+#: Meta lines that hold the user's tags, longest first cut when the input overflows the context.
+_CUTTABLE_META = ("artist", "characters", "copyrights", "meta", "quality")
 
 
 def _fit_input(row: _Row, tokenizer: Tokenizer, budget: int) -> tuple[str, list[int]]:
@@ -88,7 +100,13 @@ def _fit_input(row: _Row, tokenizer: Tokenizer, budget: int) -> tuple[str, list[
         tags = [t for t in row.tags.split(", ") if t]
         sentences = row.nl.split(". ")
         keep = max(0.5, budget / len(ids) * 0.95)
-        if len(tags) > 1:
+        meta = row.meta or row.prepared.meta
+        key = max(_CUTTABLE_META, key=lambda k: len(getattr(meta, k)))
+        if len(getattr(meta, key)) > len(row.tags) + len(row.nl):  # e.g. 4,000 artist names
+            items = getattr(meta, key).split(", ")
+            value = ", ".join(items[: int(len(items) * keep)]) if len(items) > 1 else items[0][: int(len(items[0]) * keep)]
+            row.meta = replace(meta, **{key: value})
+        elif len(tags) > 1:
             row.tags = ", ".join(tags[: int(len(tags) * keep)])
         elif len(sentences) > 1:
             row.nl = ". ".join(sentences[: int(len(sentences) * keep)])
@@ -171,7 +189,7 @@ def expand_batch(
         rows.append(_Row(prepared, seed, prepared.tags, prepared.nl))
 
     try:
-        _run(rows, engine, tokenizer, lookup, control)
+        _run(rows, engine, tokenizer, lookup, control, strict)
     except Interrupted as stop:
         logger.info("TIPO interrupted: %s", stop)
         return [_interrupted(r, lookup, strict, stop) for r in rows]
@@ -214,9 +232,15 @@ def _round_control(control: Control | None, round_index: int) -> Control | None:
 
 
 def _run(
-    rows: Sequence[_Row | Expansion], engine: Engine, tokenizer: Tokenizer, lookup: Lookup, control: Control | None = None
+    rows: Sequence[_Row | Expansion],
+    engine: Engine,
+    tokenizer: Tokenizer,
+    lookup: Lookup,
+    control: Control | None = None,
+    strict: bool = False,
 ) -> None:
     round_index = 0
+    max_rows = len(rows)  # lowered when a batch runs out of memory, for the rest of this call
     while True:
         active = [r for r in rows if isinstance(r, _Row) and not r.done]
         if not active:
@@ -225,25 +249,103 @@ def _run(
         batch = []
         for row in active:
             sampling = row.prepared.request.sampling
-            budget = max(engine.context_length - sampling.max_new_tokens, engine.context_length // 2)
-            text, ids = _fit_input(row, tokenizer, budget)
+            budget = max(engine.context_length - max(sampling.max_new_tokens, MIN_NEW_TOKENS), engine.context_length // 2)
+            try:
+                text, ids = _fit_input(row, tokenizer, budget)
+            except TipoError as error:
+                if strict:
+                    raise
+                _fail(row, str(error))
+                continue
             room = engine.context_length - len(ids)
             if sampling.max_new_tokens > room:
                 sampling = replace(sampling, max_new_tokens=room)
             seed = pass_seed(row.seed, row.pass_index, row.attempt)
             batch.append((row, text, ids, GenerationRequest(tuple(ids), seed, sampling)))
         requests = [item[3] for item in batch]
-        round_control = _round_control(control, round_index)
-        # Engines written before Control take the requests alone.
-        results = engine.generate(requests) if round_control is None else engine.generate(requests, control=round_control)
+        generate = _caller(engine, _round_control(control, round_index))
+        results, failures, max_rows = _generate_fitting(generate, requests, max_rows)
+        for index, oom in failures.items():
+            if strict:
+                raise GenerationError(_out_of_memory_message(oom)) from oom
+            _fail(batch[index][0], _out_of_memory_message(oom))
+        if failures:
+            logger.warning("TIPO: out of memory for %d prompt(s) alone, original prompts kept", len(failures))
         for (row, text, ids, _), result in zip(batch, results):
+            if result is None:
+                continue
             row.generations += 1
             row.new_tokens += len(result.new_ids)
             _advance(row, text + _continuation(tokenizer, ids, result.new_ids), lookup)
 
 
+def _caller(engine: Engine, control: Control | None) -> Callable[[Sequence[GenerationRequest]], list[GenerationResult]]:
+    """``engine.generate`` with ``control``; engines written before Control take the requests alone."""
+    if control is None:
+        return lambda part: engine.generate(part)
+    return lambda part: engine.generate(part, control=control)
+
+
+def _fail(row: _Row, message: str) -> None:
+    row.error, row.done = message, True
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's ``OutOfMemoryError`` (torch >= 1.13), or the ``RuntimeError`` that MPS and older
+    torch raise (their message says "out of memory"). torch is looked up, never imported here."""
+    torch = sys.modules.get("torch")
+    cuda_oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if isinstance(cuda_oom, type) and isinstance(error, cuda_oom):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _out_of_memory_message(error: BaseException) -> str:
+    first_line = (str(error).strip().splitlines() or [""])[0][:200]
+    return (
+        f"out of memory even for this prompt alone ({type(error).__name__}: {first_line}); original prompt "
+        f"kept. Try a smaller batch, a smaller TIPO model, or running TIPO on the CPU (device cpu)"
+    )
+
+
+def _generate_fitting(
+    generate: Callable[[Sequence[GenerationRequest]], list[GenerationResult]],
+    requests: Sequence[GenerationRequest],
+    max_rows: int,
+) -> tuple[list[GenerationResult | None], dict[int, BaseException], int]:
+    """Run ``requests`` in calls of at most ``max_rows`` rows, halving a call that runs out of
+    memory until it fits or is one row. Returns the results (``None`` for a row that did not
+    fit alone), those rows' errors by index, and the row limit for the next rounds.
+
+    A row's tokens depend only on its own seed (engine contract), so splitting changes no text.
+    """
+    results: list[GenerationResult | None] = [None] * len(requests)
+    failures: dict[int, BaseException] = {}
+    size = max(1, max_rows)
+    work = deque((start, min(start + size, len(requests))) for start in range(0, len(requests), size))
+    split = False
+    while work:
+        start, end = work.popleft()
+        try:
+            results[start:end] = generate(requests[start:end])
+        except Exception as error:
+            if not _is_out_of_memory(error):
+                raise
+            if end - start == 1:
+                failures[start] = error
+                continue
+            middle = (start + end) // 2
+            max_rows, split = min(max_rows, end - middle), True
+            work.extendleft([(middle, end), (start, middle)])
+    if split:
+        logger.warning("TIPO: out of memory for the whole batch; ran it in parts of at most %d row(s)", max_rows)
+    return results, failures, max_rows
+
+
 def _finish(row: _Row, lookup: Lookup, strict: bool) -> Expansion:
     request = row.prepared.request
+    if row.error is not None:
+        return Expansion(request.prompt, request.prompt, row.seed, row.error, {}, row.generations, row.new_tokens)
     try:
         prompt = compose_prompt(row.prepared.parsed.pieces, request.nl_prompt, row.parsed, row.prepared.template, lookup)
     except TipoError as error:

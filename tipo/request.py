@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from tipo.bans import BanList
 from tipo.categorise import Lookup, TagMap, categorise
 from tipo.engine.base import SamplingSettings
-from tipo.errors import InvalidArgument
+from tipo.errors import BanPatternError, InvalidArgument
 from tipo.formats import template_for
 from tipo.plan import LENGTHS, Length, Mode, Pass, plan_passes
 from tipo.render import MetaLines, aspect_ratio_text, general_text, meta_lines, render_input
@@ -48,6 +48,15 @@ class ExpandRequest:
 
     def __post_init__(self) -> None:
         problems = []
+        for name in ("prompt", "nl_prompt", "template"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{name}={getattr(self, name)!r} (a string)")
+        for name in ("ban_tags", "ban_nl", "protected_words"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(item, str) for item in value):
+                problems.append(f"{name}={value!r} (a tuple of strings)")
+        if not isinstance(self.sampling, SamplingSettings):
+            problems.append(f"sampling={self.sampling!r} (a SamplingSettings)")
         if not isinstance(self.mode, Mode):
             problems.append(f"mode={self.mode!r} (one of {', '.join(m.value for m in Mode)})")
         for name in ("tag_length", "nl_length"):
@@ -59,9 +68,9 @@ class ExpandRequest:
                 problems.append(f"{name}={value!r} (an integer in [1, {_MAX_SIDE}])")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append(f"seed={self.seed!r} (an integer; -1 picks one)")
-        if not (isinstance(self.max_retry, int) and 0 <= self.max_retry <= 10):
+        if not (isinstance(self.max_retry, int) and not isinstance(self.max_retry, bool) and 0 <= self.max_retry <= 10):
             problems.append(f"max_retry={self.max_retry!r} (an integer in [0, 10])")
-        if self.mode is Mode.CUSTOM and not self.template.strip():
+        if self.mode is Mode.CUSTOM and isinstance(self.template, str) and not self.template.strip():
             problems.append("template is empty (mode 'custom' needs a template)")
         if problems:
             raise InvalidArgument("invalid request: " + "; ".join(problems))
@@ -114,8 +123,22 @@ def _first_subprompt(parsed: ParsedPrompt) -> ParsedPrompt:
     return parsed
 
 
+def _check_encodable(request: ExpandRequest) -> None:
+    """An unpaired surrogate (JSON's ``"\\ud800"`` reaches Python as one) cannot be encoded for
+    the tokenizer; refused here, so that the row fails alone with its prompt kept."""
+    for name in ("prompt", "nl_prompt"):
+        try:
+            getattr(request, name).encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidArgument(
+                f"{name} holds an unpaired surrogate {error.object[error.start]!r} at index {error.start}; "
+                f"it is not valid text (send the character itself or a valid escape pair)"
+            ) from None
+
+
 def prepare(request: ExpandRequest, lookup: Lookup) -> Prepared:
     """Read, categorise and plan one request (no model needed)."""
+    _check_encodable(request)
     parsed = parse_prompt(request.prompt, protected_words=request.protected_words)
     head = _first_subprompt(parsed)
     tag_map = categorise(head.tags, lookup)
@@ -130,5 +153,8 @@ def prepare(request: ExpandRequest, lookup: Lookup) -> Prepared:
         nl_length=request.nl_length,
         template=template,
     )
-    bans = BanList.compile(request.ban_tags, request.ban_nl)
+    try:
+        bans = BanList.compile(request.ban_tags, request.ban_nl)
+    except BanPatternError as error:  # only tag bans are patterns: name the field
+        raise BanPatternError(f"ban_tags: {error}") from error
     return Prepared(request, parsed, tag_map, nl, meta, passes, template, bans)

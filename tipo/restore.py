@@ -2,7 +2,8 @@
 
 Every piece the user typed comes back verbatim, weights, escapes and all: a tag piece sits in
 the template slot of its first tag's category, in the order typed, before the model's new tags
-of that category (escaped, so ``saber (fate)`` stays a name); extra networks, wildcards,
+of that category (escaped, so ``saber (fate)`` stays a name; all model text is made literal, see
+:func:`tipo.syntax.literal_text`); extra networks, wildcards,
 ``BREAK`` and embedding names travel with the piece they followed; NL pieces lead the
 ``<|extended|>`` text. Whatever follows the first ``AND`` is appended unchanged. A template
 without a category's slot (``nl_only``) drops the user's tags of that category, never the
@@ -19,7 +20,7 @@ from tipo.categorise import Lookup, categorise_tag
 from tipo.formats import Value, apply_template
 from tipo.parse import Parsed
 from tipo.postprocess import dedupe, split_sentences
-from tipo.syntax import Kind, Piece, escape_tag, join_pieces
+from tipo.syntax import Kind, Piece, is_token, join_pieces, leaves_open, literal_text
 
 __all__ = ["compose_prompt"]
 
@@ -84,14 +85,25 @@ def compose_prompt(
     """The final prompt: ``final`` (the last pass's cleaned fields) in ``template``."""
     head, rest = _split_at_and(pieces)
     units, leftover = _units(head)
+    last: list[Piece] = []
     slots: dict[str, list[str]] = {slot: [] for slot in _TAG_SLOTS}
     user_keys: set[str] = set()
     nl_texts: list[str] = []
     user_sentences: list[str] = []
     has_nl_slot = "<|extended|>" in template or "<|generated|>" in template
     for unit in units:
+        if leaves_open(unit.text()):
+            # An unclosed "(" would weigh, an unclosed "<name:" make a network of, whatever
+            # follows (A1111 reads networks first, across commas). Such a piece ends its
+            # sub-prompt as typed (it takes the rest in), so it goes last, where nothing follows.
+            last += [*unit.before, unit.piece, *unit.after]
+            user_keys.update(categorise_tag(tag, lookup)[1] for tag in unit.piece.tags if unit.piece.kind is Kind.TAGS)
+            continue
         if unit.piece.kind is Kind.NL and not has_nl_slot and "<|general|>" in template:
             slots["general"].append(unit.text())  # a tags-only layout keeps sentences as tags
+            continue
+        if unit.piece.kind is Kind.NL and not (has_nl_slot or "<|general|>" in template):
+            leftover += [*unit.before, *unit.after]  # no slot for sentences: keep what they carried
             continue
         if unit.piece.kind is Kind.NL:
             nl_texts.append(unit.text())
@@ -103,41 +115,45 @@ def compose_prompt(
             slots[stored[0][0]].append(unit.text())
         else:  # the template drops this category: keep what the piece carried all the same
             leftover += [*unit.before, *unit.after]
-    if extra_nl.strip():
+    open_nl = extra_nl.strip() if has_nl_slot and leaves_open(extra_nl) else ""
+    if extra_nl.strip() and not open_nl:
         nl_texts.append(extra_nl.strip())
         user_sentences += split_sentences(extra_nl)
 
     for slot in _TAG_SLOTS:
         found = final.get(slot, [])
         if isinstance(found, list):
-            new = [escape_tag(tag) for tag in dedupe(found) if tag not in user_keys]
-            slots[slot] += new
+            new = [literal_text(tag) for tag in dedupe(found) if tag not in user_keys and not is_token(tag)]
+            slots[slot] += [tag for tag in new if tag.strip()]
             user_keys.update(found)
 
     tail, new_extended = _new_sentences(user_sentences, str(final.get("extended", "")))
     _, new_generated = _new_sentences(user_sentences, str(final.get("generated", "")))
     user_nl = " ".join(nl_texts)
     if tail and user_nl and user_nl[-1] not in ".!?":
-        user_nl += tail  # the model went on with the user's unfinished sentence
+        user_nl += literal_text(tail)  # the model went on with the user's unfinished sentence
     elif tail.strip(" ,;:"):
         new_extended.insert(0, tail.strip(" ,;:"))  # the user's text stays exactly as typed
-    generated = ". ".join(new_generated)
+    new_extended = [literal_text(sentence) for sentence in new_extended]
+    generated = ". ".join(literal_text(sentence) for sentence in new_generated)
     if "<|extended|>" not in template and user_nl:
         # A layout with only the generated text still keeps what the user wrote, first.
         generated = _paragraph(user_nl, generated)
     values: dict[str, Value] = {**slots, "extended": _paragraph(user_nl, ". ".join(new_extended)), "generated": generated}
     text = apply_template(template, values)
+    leftover += last
     if leftover:
         text = join_pieces([Piece(Kind.TAGS, text), *leftover]) if text else join_pieces(leftover)
+    rest += (Piece(Kind.NL, open_nl),) if open_nl else ()  # the NL box's own text leaves one open: very last
     if rest:
         text = join_pieces([Piece(Kind.TAGS, text), *rest]) if text else join_pieces(rest)
     return text
 
 
 def _paragraph(first: str, then: str) -> str:
-    """``first`` and ``then`` as one text, a sentence mark between them, none at the end (the
-    templates write the final period)."""
+    """``first`` (the user's, kept as typed) and ``then`` as one text, a sentence mark between
+    them (the templates write the final period, unless the text already ends a sentence)."""
     first, then = first.strip(), then.strip()
     if first and then and first[-1] not in ".!?":
         first += "."
-    return " ".join(t for t in (first, then) if t).rstrip(". ")
+    return " ".join(t for t in (first, then) if t)

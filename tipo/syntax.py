@@ -23,11 +23,16 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-__all__ = ["Kind", "Piece", "ParsedPrompt", "parse_prompt", "clean_text", "escape_tag"]
+__all__ = [
+    "Kind", "Piece", "ParsedPrompt", "parse_prompt", "clean_text", "escape_tag", "literal_text", "is_token",
+    "opens_network", "leaves_open",
+]  # fmt: skip
 
 _NETWORK = re.compile(r"<(\w+):([^>]+)>")
 _WILDCARD = re.compile(r"__[^\s_,][^\s,]*?__")
 _BREAK_OR_AND = re.compile(r"\b(BREAK|AND)\b")
+_TOKEN = re.compile(r"<\|[^|<>]*\|>")
+_OPEN_NETWORK = re.compile(r"<\w+:")
 # A1111's attention grammar: escapes, brackets, ':weight)' closers, plain text, a lone ':'.
 _ATTENTION = re.compile(
     r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:",
@@ -87,6 +92,26 @@ class ParsedPrompt:
 def escape_tag(tag: str) -> str:
     """Escape brackets so the WebUI reads a model tag literally (``saber (fate)``)."""
     return re.sub(r"([()\[\]\\])", r"\\\1", tag)
+
+
+def is_token(text: str) -> bool:
+    """Whether ``text`` is a ``<|…|>`` token (the reference drops such model tags)."""
+    return _TOKEN.fullmatch(text) is not None
+
+
+def literal_text(text: str) -> str:
+    """Model-written ``text`` as plain words to the WebUI: brackets and braces escaped (A1111
+    drops a backslash before any other character, so ``\\{`` reads ``{``), and what would be
+    other syntax defused: extra networks and ``<|…|>`` tokens removed (until none is left: a
+    removal can join a new one), a ``<`` that could open a network dropped, runs of ``_``
+    shortened to one (no ``__wildcard__``), ``AND``/``BREAK`` lowercased. Only the user's own
+    text carries syntax."""
+    previous = None
+    while previous != text:
+        previous, text = text, _TOKEN.sub("", _NETWORK.sub("", text))
+    text = re.sub(r"<(?=\w+:)", "", re.sub("_{2,}", "_", text))  # nor can one start here
+    text = _BREAK_OR_AND.sub(lambda m: m.group(0).lower(), text)
+    return re.sub(r"([()\[\]{}\\])", r"\\\1", text)
 
 
 def clean_text(text: str) -> str:
@@ -153,11 +178,14 @@ def join_pieces(pieces: Iterable[Piece]) -> str:
 def _split_top_level(prompt: str) -> Iterator[str]:
     """Yield stripped chunks cut at depth-0 commas and around ``BREAK``/``AND`` words.
 
+    Extra networks are skipped whole wherever they are (A1111 reads them before brackets).
     Brackets are counted as A1111 counts them (escaped ones are text; a closer without an
-    opener is text), so ``(red hair, blue eyes:1.2)`` stays one chunk, and an unclosed
-    ``(`` keeps the rest of the prompt in one chunk, as its weight would.
+    opener is text; ``(`` and ``[`` on stacks of their own), so ``(red hair, blue eyes:1.2)``
+    stays one chunk, and an unclosed ``(`` keeps the rest of the prompt in one chunk, as its
+    weight would.
     """
-    depth = braces = 0
+    open_count = {"(": 0, "[": 0, "{": 0}  # one stack per kind, as A1111 keeps them
+    closes = {")": "(", "]": "[", "}": "{"}
     start = 0
     i = 0
     n = len(prompt)
@@ -166,23 +194,22 @@ def _split_top_level(prompt: str) -> Iterator[str]:
         if char == "\\":
             i += 2
             continue
-        if char == "<" and depth == 0 and braces == 0:
+        if char == "<":  # A1111 reads extra networks first, at any bracket depth
             network = _NETWORK.match(prompt, i)
-            if network:
+            if network:  # its braces still count: Dynamic Prompts knows no networks
+                for brace in re.findall(r"[{}]", network.group(0)):
+                    open_count["{"] = open_count["{"] + 1 if brace == "{" else max(open_count["{"] - 1, 0)
                 i = network.end()
                 continue
-        if char in "([":
-            depth += 1
-        elif char in ")]" and depth:
-            depth -= 1
-        elif char == "{":
-            braces += 1
-        elif char == "}" and braces:
-            braces -= 1
-        elif char == "," and depth == 0 and braces == 0:
+        top = not any(open_count.values())
+        if char in open_count:
+            open_count[char] += 1
+        elif char in closes and open_count[closes[char]]:
+            open_count[closes[char]] -= 1
+        elif char == "," and top:
             yield from _split_break_and(prompt[start:i])
             start = i + 1
-        elif char in "BA" and depth == 0 and braces == 0:
+        elif char in "BA" and top:
             word = _BREAK_OR_AND.match(prompt, i)
             if word and (i == 0 or not (prompt[i - 1].isalnum() or prompt[i - 1] == "_")):
                 yield from _split_break_and(prompt[start:i])
@@ -199,9 +226,33 @@ def _split_break_and(chunk: str) -> Iterator[str]:
         yield chunk
 
 
+def opens_network(text: str) -> bool:
+    """Whether ``text`` ends inside an unclosed ``<name:`` (the next ``>`` would close it)."""
+    return _OPEN_NETWORK.search(text, text.rfind(">") + 1) is not None
+
+
+def leaves_open(text: str) -> bool:
+    """Whether ``text`` leaves a ``(``, ``[`` or ``<name:`` open, which would take in whatever
+    follows it (emphasis; an extra network at the next ``>``)."""
+    rounds = squares = 0
+    for match in _ATTENTION.finditer(_NETWORK.sub(" ", text)):
+        token = match.group(0)
+        rounds += token == "("
+        squares += token == "["
+        if rounds and (token == ")" or match.group(1) is not None):
+            rounds -= 1
+        elif squares and token == "]":
+            squares -= 1
+    return bool(rounds or squares) or opens_network(text)
+
+
 def _classify_chunk(chunk: str, protected: frozenset[str]) -> list[Piece]:
-    """Split extra networks off a chunk and decide what the rest is."""
+    """Split extra networks off a chunk and decide what the rest is. The chunk stays whole
+    where moving its networks behind the rest would change what the WebUI reads: an unclosed
+    ``<name:`` (a moved network would close it), a network with unbalanced brackets in it."""
     networks = [m.group(0) for m in _NETWORK.finditer(chunk)]
+    if opens_network(chunk) or not all(_balanced(network) for network in networks):
+        return [Piece(Kind.PROTECTED, chunk)]
     rest = _NETWORK.sub(" ", chunk).strip() if networks else chunk
     rest = re.sub(r"[ \t]{2,}", " ", rest) if networks else rest
     pieces: list[Piece] = []
@@ -209,6 +260,18 @@ def _classify_chunk(chunk: str, protected: frozenset[str]) -> list[Piece]:
         pieces.append(_classify_text(rest, protected))
     pieces.extend(Piece(Kind.NETWORK, network) for network in networks)
     return pieces
+
+
+def _balanced(text: str) -> bool:
+    for opener, closer in ("()", "[]", "{}"):
+        depth = 0
+        for char in text:
+            depth += (char == opener) - (char == closer)
+            if depth < 0:
+                return False
+        if depth:
+            return False
+    return True
 
 
 def _classify_text(text: str, protected: frozenset[str]) -> Piece:

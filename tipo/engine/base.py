@@ -12,6 +12,10 @@ from typing import Callable, Protocol, Sequence
 
 from tipo.errors import Interrupted, InvalidArgument
 
+#: EOS is banned until a row has this many new tokens (format sheet, "Sampling defaults"), so
+#: every engine writes at least this many: the pipeline keeps room for them in the context.
+MIN_NEW_TOKENS = 2
+
 
 @dataclass(frozen=True)
 class SamplingSettings:

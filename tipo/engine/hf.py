@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from tipo.engine.base import Control, GenerationRequest, GenerationResult, checkpoint
+from tipo.engine.base import MIN_NEW_TOKENS, Control, GenerationRequest, GenerationResult, checkpoint
 from tipo.engine.sampling import RowParams, draw_tokens, make_generator, warp_logits
 from tipo.errors import GenerationError, InvalidArgument
 
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: EOS is banned until a row has this many new tokens (format sheet, "Sampling defaults").
-MIN_NEW_TOKENS = 2
 #: TIPO v1 model cards: trained with a maximum context of 1024 tokens (config.json says 2048).
 TIPO_V1_CONTEXT = 1024
 

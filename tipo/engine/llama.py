@@ -152,7 +152,11 @@ class LlamaWeights:
             for name, part, expected in zip(names, parts, rows):
                 wanted = (expected,) if columns is None else (expected, columns)
                 if tuple(part.shape) != wanted:
-                    raise UnsupportedModelError(f"{name} has shape {tuple(part.shape)}, config.json implies {wanted}")
+                    # The weights disagree with their own config: damaged, not another architecture.
+                    raise ModelNotFoundError(
+                        f"{name} has shape {tuple(part.shape)} but config.json implies {wanted}: the model files "
+                        "are damaged or mixed; delete the folder and download the model again"
+                    )
             out = torch.empty((sum(rows),) + parts[0].shape[1:], device=device, dtype=dtype)
             offset = 0
             for part in parts:
@@ -210,9 +214,9 @@ class LlamaWeights:
             file = "model.safetensors" if weight_map is None else weight_map.get(name)
             if file is None:
                 raise ModelNotFoundError(f"{folder}: no tensor {name!r} in model.safetensors.index.json")
-            if file not in handles:
-                handles[file] = safe_open(str(folder / file), framework="pt", device="cpu")
             try:
+                if file not in handles:
+                    handles[file] = safe_open(str(folder / file), framework="pt", device="cpu")
                 return handles[file].get_tensor(name)
             except Exception as error:  # safetensors raises its own plain error class
                 raise ModelNotFoundError(f"{folder / file}: cannot read tensor {name!r}: {error}") from error
