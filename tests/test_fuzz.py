@@ -242,6 +242,20 @@ def test_request_fields_of_the_wrong_type_are_refused_by_name(kwargs):
         ExpandRequest(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [{"temperature": "0.5"}, {"top_p": None}, {"min_p": [0.1]}])
+def test_sampling_settings_of_the_wrong_type_are_refused_by_name(kwargs):
+    """SamplingSettings(temperature="0.5") raised TypeError from '<' instead of naming the field."""
+    with pytest.raises(InvalidArgument, match=next(iter(kwargs))):
+        SamplingSettings(**kwargs)
+
+
+def test_script_args_ban_pattern_error_names_ban_tags():
+    from tipo.extension import parse_script_args
+
+    with pytest.raises(InvalidArgument, match="ban_tags"):
+        parse_script_args([{"ban_tags": "/(/"}])
+
+
 def test_bad_ban_pattern_error_names_ban_tags():
     with pytest.raises(InvalidArgument, match="ban_tags.*'/\\(/'"):
         prepare(ExpandRequest("1girl", ban_tags=("/(/",)), lookup)

@@ -109,9 +109,13 @@ def _check_usable(args: TipoArgs) -> None:
     """What only a request can tell (a custom mode without template, a ban pattern that does
     not compile): found before any prompt changes, reported by name."""
     from tipo.bans import BanList
+    from tipo.errors import BanPatternError
 
     request = args.request("")
-    BanList.compile(request.ban_tags, request.ban_nl)
+    try:
+        BanList.compile(request.ban_tags, request.ban_nl)
+    except BanPatternError as error:  # only tag bans are patterns: name the field
+        raise BanPatternError(f"ban_tags: {error}") from error
 
 
 def check_api_payload(payload: Any) -> None:

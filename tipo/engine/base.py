@@ -30,6 +30,11 @@ class SamplingSettings:
     max_new_tokens: int = 512
 
     def __post_init__(self) -> None:
+        wrong = [f"{name}={getattr(self, name)!r} (expected a number)" for name in
+                 ("temperature", "top_p", "min_p", "repetition_penalty")
+                 if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float))]  # fmt: skip
+        if wrong:  # before the range checks, which would raise TypeError on them
+            raise InvalidArgument("invalid sampling settings: " + "; ".join(wrong))
         problems = []
         if not (0.0 < self.temperature <= 10.0):
             problems.append(f"temperature={self.temperature!r} (must be in (0, 10])")
