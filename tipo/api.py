@@ -136,7 +136,7 @@ class Expander:
         _free_device_cache(home)
 
     def unload(self) -> None:
-        """Drop the model now (it loads again on the next call); waits for running calls' end."""
+        """Drop the model now (it loads again on the next call); refused while a call runs."""
         with self._lock:
             if self._users:
                 raise InvalidArgument("unload() while an expansion is running; call it afterwards")
@@ -162,11 +162,12 @@ class _CpuFallback:
     """The engine, except that a single row which does not fit in GPU memory runs on the CPU.
 
     Batches of several rows re-raise the out-of-memory error, so the pipeline splits them first;
-    the CPU copy is made for that one row and dropped afterwards.
+    the CPU copy is made once per call, on the first such row, and dropped with the call.
     """
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
+        self._cpu: Any = None
         self.context_length = engine.context_length
 
     def generate(self, requests: Sequence[GenerationRequest], control: Control | None = None) -> list[GenerationResult]:
@@ -180,7 +181,9 @@ class _CpuFallback:
                 raise
         logger.warning("TIPO: out of GPU memory for a single prompt; running it on the CPU")
         _free_device_cache(self._engine.device)
-        return self._engine.to("cpu").generate(requests, control=control)
+        if self._cpu is None:
+            self._cpu = self._engine.to("cpu")
+        return self._cpu.generate(requests, control=control)
 
 
 def _free_device_cache(device: Any) -> None:
