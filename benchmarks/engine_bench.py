@@ -322,7 +322,7 @@ def cold_child(which: str, folder: str, device_name: str, dtype_name: str) -> No
         engine, tokenizer = load_fast_engine(folder, device_name, dtype_name, banned_ids=[EOS])
     else:
         from tipo.engine.hf import HFEngine
-        from tipo.models import load_model  # imports transformers inside: counted as loading
+        from tipo.models.load import load_model  # imports transformers inside: counted as loading
 
         loaded = load_model(folder, device_name, dtype_name)
         engine, tokenizer = HFEngine(loaded.model, loaded.tokenizer, banned_ids=[EOS]), loaded.tokenizer

@@ -23,7 +23,7 @@ from tipo import api_guard, extension, routes, xyz
 from tipo.args import TipoArgs
 from tipo.diff import render_preview_html
 from tipo.errors import TipoError
-from tipo.models import MODELS
+from tipo.models.registry import MODELS
 from tipo.settings import SETTINGS, ExpanderPool, WebuiSettings, local_models, model_location
 
 logger = logging.getLogger("tipo.webui")

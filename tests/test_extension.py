@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from tipo import extension
 from tipo.args import TipoArgs, fields, spec, webui_fields
 from tipo.errors import GenerationError, InvalidArgument
-from tipo.models import DEFAULT_MODEL, MODELS
+from tipo.models.registry import DEFAULT_MODEL, MODELS
 from tipo.settings import WebuiSettings, local_models, model_location
 
 ROOT = Path(__file__).resolve().parent.parent

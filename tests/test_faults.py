@@ -38,7 +38,8 @@ from tipo.errors import (
     UnsupportedModelError,
 )
 from tipo.extension import Job, run_job
-from tipo.models import REPO_FILES, resolve_model
+from tipo.models.registry import REPO_FILES
+from tipo.models.resolve import resolve_model
 from tipo.pipeline import expand_batch
 from tipo.plan import Mode
 from tipo.request import ExpandRequest

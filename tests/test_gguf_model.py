@@ -1,4 +1,4 @@
-"""``tipo.gguf_model``: llama.cpp's ``.gguf`` files load into the same model and tokenizer.
+"""``tipo.gguf``: llama.cpp's ``.gguf`` files load into the same model and tokenizer.
 
 The GGUF files are the tiny model (tools/make_tiny_model.py) written the way llama.cpp's
 converter writes TIPO's (tools/make_tiny_gguf.py: names, rotary permutation, vocabulary, F32
@@ -17,13 +17,21 @@ import pytest
 
 from conftest import FIXTURE_TOKENIZER, load_tool
 from tipo.errors import ModelNotFoundError, TokenizerMismatchError, UnsupportedModelError
-from tipo.tokenizer import TIPO_ADDED_TOKENS, TipoTokenizer
+from tipo.added_tokens import TIPO_ADDED_TOKENS
+from tipo.tokenizer import TipoTokenizer
 
 gguf = pytest.importorskip("gguf", reason="GGUF support needs the gguf package (test extra)")
 torch = pytest.importorskip("torch")
 
-from tipo import gguf_model
-from tipo.models import MODELS, ModelCache, load_model, resolve_model
+from tipo.gguf.checkpoint import dequantize_tensor, open_gguf
+from tipo.gguf.convert import gguf_config, unpermute_rows
+from tipo.gguf.load import load_gguf_model, supports_grouped_query_attention
+from tipo.gguf.reader import read_gguf
+from tipo.gguf.tokenizer import sentencepiece_proto
+from tipo.models.cache import ModelCache
+from tipo.models.load import load_model
+from tipo.models.registry import MODELS
+from tipo.models.resolve import resolve_model
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "tokenizer-golden.json").read_text(encoding="utf-8"))
 TIPO_PROMPTS = [case["text"] for case in GOLDEN["tipo_check_report"]] + [
@@ -89,13 +97,13 @@ def test_unpermute_inverts_llama_cpps_rotary_permutation() -> None:
     for heads in (8, 2, 1):
         permuted = tool.permute_rows(weights, heads)
         assert not np.array_equal(permuted, weights)
-        assert np.array_equal(gguf_model.unpermute_rows(permuted, heads), weights)
+        assert np.array_equal(unpermute_rows(permuted, heads), weights)
     # llama.cpp pairs row i with row i + head_dim/2 of the same head: rows 0 and 8 of head 0.
     assert np.array_equal(tool.permute_rows(weights, 8)[:2], weights[[0, 8]])
 
 
 def test_f32_file_gives_the_safetensors_logits(make_gguf: Callable[..., Path], tiny_llama: Any, input_ids: Any) -> None:
-    loaded = gguf_model.load_gguf_model(make_gguf("f32"), "cpu")
+    loaded = load_gguf_model(make_gguf("f32"), "cpu")
     assert type(loaded.model) is type(tiny_llama)
     assert loaded.dtype == torch.float32 and not loaded.model.training
     torch.testing.assert_close(loaded.model(input_ids).logits, tiny_llama(input_ids).logits, rtol=0, atol=1e-5)
@@ -105,7 +113,7 @@ def test_f16_file_gives_logits_within_half_precision(
     make_gguf: Callable[..., Path], tiny_llama: Any, input_ids: Any
 ) -> None:
     """Stored as F16 (what the Hub's TIPO GGUFs are), loaded as float32 on CPU."""
-    logits = gguf_model.load_gguf_model(make_gguf("f16"), "cpu").model(input_ids).logits
+    logits = load_gguf_model(make_gguf("f16"), "cpu").model(input_ids).logits
     torch.testing.assert_close(logits, tiny_llama(input_ids).logits, rtol=0, atol=3e-2)
 
 
@@ -117,7 +125,7 @@ def test_quantised_file_gives_close_logits(
 ) -> None:
     """Random weights have near ties, so top-1 agreement is checked loosely and the cosine of
     every position's logit vector tightly; the weight test below pins the layout."""
-    logits = gguf_model.load_gguf_model(make_gguf(file_type), "cpu").model(input_ids).logits
+    logits = load_gguf_model(make_gguf(file_type), "cpu").model(input_ids).logits
     reference = tiny_llama(input_ids).logits
     assert torch.nn.functional.cosine_similarity(logits, reference, dim=-1).min() > min_cosine
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= min_top1
@@ -129,7 +137,7 @@ def test_every_weight_comes_back_in_place(
 ) -> None:
     """Relative error per tensor within the type's rounding: a misplaced row (wrong name or
     permutation) would be off by about 140%."""
-    loaded = gguf_model.load_gguf_model(make_gguf(file_type), "cpu").model.state_dict()
+    loaded = load_gguf_model(make_gguf(file_type), "cpu").model.state_dict()
     for name, expected in tiny_llama.state_dict().items():
         if "rotary" in name:
             continue
@@ -149,12 +157,12 @@ def test_grouped_query_attention_unpermutes_k_with_the_kv_head_count(
             tensors[name] = tensors[name][:32].contiguous()  # 2 KV heads of 16
 
     rewrite_weights(folder, keep_two_heads)
-    if not gguf_model.supports_grouped_query_attention():  # transformers 4.30 (A1111)
+    if not supports_grouped_query_attention():  # transformers 4.30 (A1111)
         with pytest.raises(UnsupportedModelError, match=r"grouped-query attention.*4\.31\+ can"):
-            gguf_model.load_gguf_model(make_gguf("f32", folder), "cpu")
+            load_gguf_model(make_gguf("f32", folder), "cpu")
         return
     reference = LlamaForCausalLM.from_pretrained(str(folder), use_safetensors=True).eval()
-    loaded = gguf_model.load_gguf_model(make_gguf("f32", folder), "cpu")
+    loaded = load_gguf_model(make_gguf("f32", folder), "cpu")
     assert loaded.model.config.num_key_value_heads == 2
     torch.testing.assert_close(loaded.model(input_ids).logits, reference(input_ids).logits, rtol=0, atol=1e-5)
 
@@ -167,14 +175,14 @@ def test_file_without_output_tensor_ties_the_embeddings(
     folder = model_folder(tiny_model_dir, tmp_path / "tied", tie_word_embeddings=True)
     rewrite_weights(folder, lambda tensors: tensors.pop("lm_head.weight"))
     reference = LlamaForCausalLM.from_pretrained(str(folder), use_safetensors=True).eval()
-    loaded = gguf_model.load_gguf_model(make_gguf("f32", folder), "cpu").model
+    loaded = load_gguf_model(make_gguf("f32", folder), "cpu").model
     assert loaded.config.tie_word_embeddings
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
     torch.testing.assert_close(loaded(input_ids).logits, reference(input_ids).logits, rtol=0, atol=1e-5)
 
 
 def test_config_comes_from_the_llama_metadata(make_gguf: Callable[..., Path], tiny_llama: Any) -> None:
-    config = gguf_model.load_gguf_model(make_gguf("f16"), "cpu").model.config
+    config = load_gguf_model(make_gguf("f16"), "cpu").model.config
     expected = tiny_llama.config
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "max_position_embeddings", "vocab_size", "bos_token_id", "eos_token_id",
@@ -190,11 +198,11 @@ def test_config_comes_from_the_llama_metadata(make_gguf: Callable[..., Path], ti
 def test_rebuilt_sentencepiece_model_is_the_repos_tokenizer_model(make_gguf: Callable[..., Path], old_vocab: bool) -> None:
     """Both converter generations (``<unk>`` CONTROL with score -1000, or as SentencePiece wrote
     it) give back the original tokenizer.model byte for byte."""
-    metadata, _ = gguf_model._read_gguf(make_gguf("q8_0", old_vocab=old_vocab))
+    metadata, _ = read_gguf(make_gguf("q8_0", old_vocab=old_vocab))
     types = metadata["tokenizer.ggml.token_type"]
     assert types[32000:] == [3 if not old_vocab else 4] * 13
     base = 32000
-    proto = gguf_model.sentencepiece_proto(
+    proto = sentencepiece_proto(
         metadata["tokenizer.ggml.tokens"][:base], metadata["tokenizer.ggml.scores"][:base], types[:base],
         unk=0, bos=1, eos=2,
     )  # fmt: skip
@@ -205,7 +213,7 @@ def test_rebuilt_sentencepiece_model_is_the_repos_tokenizer_model(make_gguf: Cal
 def test_gguf_tokenizer_equals_the_folders_with_the_same_legacy(
     make_gguf: Callable[..., Path], fixture_tokenizer: TipoTokenizer, old_vocab: bool
 ) -> None:
-    tokenizer = gguf_model.load_gguf_model(make_gguf("q8_0", old_vocab=old_vocab), "cpu", legacy=False).tokenizer
+    tokenizer = load_gguf_model(make_gguf("q8_0", old_vocab=old_vocab), "cpu", legacy=False).tokenizer
     assert tokenizer.legacy is False
     texts = TIPO_PROMPTS + [case["text"] for case in GOLDEN["sentencepiece_reference"]["cases"]]
     for text in texts:
@@ -221,7 +229,7 @@ def test_gguf_tokenizer_equals_the_folders_with_the_same_legacy(
 def test_gguf_tokenizer_defaults_to_llama_cpps_per_piece_prefix(make_gguf: Callable[..., Path]) -> None:
     """Without a tokenizer_config.json beside the file: legacy, the ids llama.cpp (the
     reference's GGUF path) fed these files (``spm_legacy`` in the fixture's check report)."""
-    tokenizer = gguf_model.load_gguf_model(make_gguf("q8_0"), "cpu").tokenizer
+    tokenizer = load_gguf_model(make_gguf("q8_0"), "cpu").tokenizer
     assert tokenizer.legacy is True
     for case in GOLDEN["tipo_check_report"]:
         assert tokenizer.encode(case["text"]) == [1, *case["spm_legacy"]], case["text"]
@@ -237,8 +245,8 @@ def test_tokenizer_config_beside_the_file_decides_legacy(
     shutil.copyfile(make_gguf("q8_0"), file)
     config = {} if setting is None else {"legacy": setting}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
-    assert gguf_model.load_gguf_model(file, "cpu").tokenizer.legacy is expected
-    assert gguf_model.load_gguf_model(file, "cpu", legacy=not expected).tokenizer.legacy is (not expected)
+    assert load_gguf_model(file, "cpu").tokenizer.legacy is expected
+    assert load_gguf_model(file, "cpu", legacy=not expected).tokenizer.legacy is (not expected)
 
 
 # -- through tipo.models -----------------------------------------------------------------------
@@ -312,14 +320,14 @@ def test_missing_tensor_is_named(tiny_model_dir: Path, tmp_path: Path, make_gguf
     folder = model_folder(tiny_model_dir, tmp_path / "partial")
     rewrite_weights(folder, lambda tensors: tensors.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(ModelNotFoundError, match=r"1 tensors are missing, e\.g\. blk\.1\.ffn_up\.weight"):
-        gguf_model.load_gguf_model(make_gguf("f16", folder), "cpu")
+        load_gguf_model(make_gguf("f16", folder), "cpu")
 
 
 def test_mixture_of_experts_llama_metadata_is_refused() -> None:
     metadata = {"general.architecture": "llama", "llama.expert_count": 8, "llama.attention.head_count": 4,
                 "llama.embedding_length": 64}  # fmt: skip
     with pytest.raises(UnsupportedModelError, match="8 experts"):
-        gguf_model.gguf_config(metadata, True, Path("x.gguf"))
+        gguf_config(metadata, True, Path("x.gguf"))
 
 
 def test_missing_gguf_package_names_the_pip_command(
@@ -341,14 +349,14 @@ def test_tokenizer_without_tipo_tokens_is_refused(tiny_model_dir: Path, tmp_path
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     file = load_tool("make_tiny_gguf").make_gguf(folder, tmp_path / "plain.gguf", "f16")
     with pytest.raises(TokenizerMismatchError, match="missing <\\|empty\\|>"):
-        gguf_model.load_gguf_model(file, "cpu")
+        load_gguf_model(file, "cpu")
 
 
 # -- the checkpoint reader other engines use ----------------------------------------------------
 
 
 def test_checkpoint_serves_every_weight_by_transformers_name(make_gguf: Callable[..., Path], tiny_llama: Any) -> None:
-    checkpoint = gguf_model.open_gguf(make_gguf("f32"))
+    checkpoint = open_gguf(make_gguf("f32"))
     expected = {k: v for k, v in tiny_llama.state_dict().items() if "rotary" not in k}
     assert sorted(checkpoint.names()) == sorted(expected)
     for name, tensor in expected.items():
@@ -362,7 +370,7 @@ def test_fast_engine_weights_build_from_a_gguf_checkpoint(make_gguf: Callable[..
     """``LlamaWeights.build`` reads weights by name; a GGUF checkpoint gives the same fused
     weights as the transformers model it was converted from."""
     llama = pytest.importorskip("tipo.engine.llama")
-    checkpoint = gguf_model.open_gguf(make_gguf("f32"))
+    checkpoint = open_gguf(make_gguf("f32"))
     shape = llama.LlamaShape.from_config(dict(checkpoint.config))
     built = llama.LlamaWeights.build(shape, checkpoint.tensor, torch.device("cpu"), torch.float32)
     reference = llama.LlamaWeights.from_model(tiny_llama)
@@ -407,8 +415,8 @@ def test_our_tensor_table_reads_what_ggufs_reader_reads(tmp_path: Path, type_nam
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    _, table = gguf_model._read_gguf(file)
+    _, table = read_gguf(file)
     assert table["t"].shape == (2, 256)
-    ours = gguf_model._dequantize(gguf, file, "t", table["t"], np.memmap(file, dtype=np.uint8, mode="r"))
+    ours = dequantize_tensor(gguf, file, "t", table["t"], np.memmap(file, dtype=np.uint8, mode="r"))
     (theirs,) = [gguf.quants.dequantize(t.data, t.tensor_type) for t in gguf.GGUFReader(str(file)).tensors]
     np.testing.assert_array_equal(ours, theirs.reshape(2, 256))

@@ -25,7 +25,9 @@ from tipo.bans import MATCH_BUDGET_S, MAX_REPEAT_PRODUCT, BanList
 from tipo.engine.base import SamplingSettings
 from tipo.errors import BanPatternError, InvalidArgument, ModelNotFoundError, UnsupportedModelError
 from tipo.extension import check_api_payload, parse_script_args, paste_values
-from tipo.models import DEFAULT_MODEL, load_model, resolve_model, resolve_user_model
+from tipo.models.load import load_model
+from tipo.models.registry import DEFAULT_MODEL
+from tipo.models.resolve import resolve_model, resolve_user_model
 from tipo.request import ExpandRequest
 
 

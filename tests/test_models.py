@@ -20,17 +20,12 @@ from pathlib import Path
 import pytest
 
 from tipo.errors import HubUnreachableError, InvalidArgument, ModelNotFoundError, TipoError, TokenizerMismatchError
-from tipo.models import (
-    DEFAULT_MODEL,
-    MODELS,
-    REPO_FILES,
-    ModelCache,
-    choose_dtype,
-    download_command,
-    find_model,
-    load_model,
-    resolve_model,
-)
+from tipo.models.cache import ModelCache
+from tipo.models.device import choose_dtype
+from tipo.models.download import download_command
+from tipo.models.load import load_model
+from tipo.models.registry import DEFAULT_MODEL, MODELS, REPO_FILES, find_model
+from tipo.models.resolve import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -231,7 +226,7 @@ def test_hf_hub_offline_with_empty_cache_says_what_to_do(tmp_path: Path) -> None
             raise AssertionError(f"network used: {address!r}")
         socket.socket.connect = refuse
         from tipo.errors import HubUnreachableError
-        from tipo.models import resolve_model
+        from tipo.models.resolve import resolve_model
         try:
             resolve_model("KBlueLeaf/TIPO-200M-ft2")
         except HubUnreachableError as error:

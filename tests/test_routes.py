@@ -15,7 +15,7 @@ from test_extension import fresh_state, webui  # noqa: F401  (fixtures: the entr
 from tipo import extension, routes
 from tipo.api import Expander
 from tipo.args import fields, spec
-from tipo.models import DEFAULT_MODEL
+from tipo.models.registry import DEFAULT_MODEL
 from tipo.request import ExpandRequest
 from tipo.settings import model_location
 

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from tipo._spm_proto import WireFormatError, disable_add_dummy_prefix
 from tipo.errors import ModelNotFoundError, TokenizerMismatchError
-from tipo.tokenizer import TIPO_ADDED_TOKENS, TipoTokenizer
+from tipo.added_tokens import TIPO_ADDED_TOKENS
+from tipo.tokenizer import TipoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "tipo-tokenizer"

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from tipo.engine.base import Control, GenerationRequest, GenerationResult
 from tipo.errors import InvalidArgument, UnsupportedModelError
-from tipo.models import DEFAULT_MODEL
+from tipo.models.registry import DEFAULT_MODEL
 from tipo.pipeline import Expansion, expand_batch
 from tipo.request import ExpandRequest
 
@@ -94,7 +94,7 @@ class Expander:
                 self._idle_timer.cancel()
                 self._idle_timer = None
             if self._engine is None:
-                from tipo.models import resolve_model
+                from tipo.models.resolve import resolve_model
 
                 folder = resolve_model(self.model, cache_dir=self._cache_dir, local_files_only=self._local_files_only)
                 self._engine, self._tokenizer = _load_engine(folder, self._device, self._dtype)
@@ -207,7 +207,7 @@ def _load_engine(folder: Path, device: str | None, dtype: str | None) -> tuple[A
     except UnsupportedModelError as error:
         logger.warning("TIPO fast engine cannot run %s (%s); using transformers' generate", folder, error)
     from tipo.engine.hf import HFEngine
-    from tipo.models import load_model
+    from tipo.models.load import load_model
 
     loaded = load_model(folder, device, dtype)
     return HFEngine(loaded.model, loaded.tokenizer, loaded.device, loaded.dtype), loaded.tokenizer

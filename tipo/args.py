@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping, get_args
 from tipo.bans import split_ban_text
 from tipo.engine.base import SamplingSettings
 from tipo.errors import InvalidArgument
-from tipo.models import DEFAULT_MODEL
+from tipo.models.registry import DEFAULT_MODEL
 from tipo.plan import LENGTHS, Mode
 from tipo.request import ExpandRequest
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tipo.args import TipoArgs, fields, spec
 from tipo.errors import InvalidArgument, TipoError
-from tipo.models import MODELS
+from tipo.models.registry import MODELS
 from tipo.pipeline import Expansion
 from tipo.request import ExpandRequest, resolve_seed
 

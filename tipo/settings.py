@@ -17,7 +17,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 from tipo.args import TipoArgs
 from tipo.errors import InvalidArgument
-from tipo.models import DEFAULT_MODEL, MODELS, find_model, resolve_user_model
+from tipo.models.registry import DEFAULT_MODEL, MODELS, find_model
+from tipo.models.resolve import resolve_user_model
 
 __all__ = [
     "Setting", "SETTINGS", "VRAM_POLICIES", "NL_BOX_PLACES", "WebuiSettings", "ExpanderPool",

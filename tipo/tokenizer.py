@@ -16,11 +16,9 @@ Why no protobuf
     (:mod:`tipo._spm_proto`) and load them with a plain ``SentencePieceProcessor``.
 
 What is reproduced (4.46.1 ``tokenization_llama.py`` + ``tokenization_utils.py``):
-    * added tokens from ``tokenizer_config.json``'s ``added_tokens_decoder``; without it, from
-      ``special_tokens_map.json``, ``added_tokens.json`` and ``tokenizer.json`` (the older files);
+    * added tokens as :mod:`tipo.added_tokens` resolves them;
     * the text is cut on added tokens, longest match first; a token's ``lstrip``/``rstrip``/
-      ``single_word`` act on its neighbours (every added token is an AddedToken in 4.46.1;
-      4.30.2 stripped both sides of special tokens given as plain strings: not reproduced);
+      ``single_word`` act on its neighbours;
     * ``legacy`` (absent means true): each piece between added tokens is encoded by
       SentencePiece with its dummy prefix;
     * ``legacy: false``: ``"▁"`` in the text becomes a space, ``"▁"`` is put before the text
@@ -32,175 +30,40 @@ What is reproduced (4.46.1 ``tokenization_llama.py`` + ``tokenization_utils.py``
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from tipo._spm_proto import WireFormatError, disable_add_dummy_prefix
+from tipo.added_tokens import (
+    SPECIAL_KEYS, Vocab, as_token, check_tipo_tokens, is_piece, read_json, resolve_vocab, split_on,
+)  # fmt: skip
 from tipo.errors import ModelNotFoundError, TokenizerMismatchError
 
 logger = logging.getLogger(__name__)
 
-#: TIPO's added tokens, ids 32000.. in this order (format sheet, "Models").
-TIPO_ADDED_TOKENS: tuple[str, ...] = (
-    "<|empty|>", "<|very_short|>", "<|short|>", "<|long|>", "<|very_long|>",
-    "<|tag_to_long|>", "<|long_to_tag|>", "<|short_to_tag|>", "<|short_to_long|>",
-    "<|tag_to_short_to_long|>", "<|short_to_tag_to_long|>", "<|short_to_long_to_tag|>",
-    "<|gen_meta|>",
-)  # fmt: skip
-TIPO_FIRST_ADDED_ID = 32000
-
 SPIECE_UNDERLINE = "\u2581"
-_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-_LLAMA_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-@dataclass(frozen=True)
-class _AddedToken:
-    """An added token and the flags that change how text around it is cut."""
+def load_processor(model_proto: bytes, legacy: bool, problem: str) -> Any:
+    """A SentencePiece processor for a serialized ``ModelProto``, its dummy prefix turned off
+    unless ``legacy`` (as 4.46.1 ``get_spm_processor`` does); ``problem`` opens the message
+    when the bytes are no SentencePiece model."""
+    import sentencepiece
 
-    content: str
-    lstrip: bool = False
-    rstrip: bool = False
-    single_word: bool = False
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> _AddedToken:
-        flags = {key: bool(value.get(key, False)) for key in ("lstrip", "rstrip", "single_word")}
-        return cls(str(value["content"]), **flags)
-
-    def __str__(self) -> str:
-        return self.content
-
-
-def _as_token(value: Any) -> str | _AddedToken:
-    """A special-token value as transformers holds it: a plain string or an AddedToken."""
-    if isinstance(value, _AddedToken):
-        return value
-    return _AddedToken.from_json(value) if isinstance(value, Mapping) else str(value)
-
-
-def _split_on(text: str, tokens: frozenset[str], first_chars: frozenset[str], longest: int) -> list[str]:
-    """Cut ``text`` around occurrences of ``tokens``: leftmost match first, longest at a start.
-
-    This equals transformers' ``Trie.split`` whenever no token's first character occurs
-    later inside a token (true of LLaMA's and TIPO's ``<...>`` tokens; checked at load).
-    """
-    parts: list[str] = []
-    start = pos = 0
-    while pos < len(text):
-        if text[pos] in first_chars:
-            for end in range(min(len(text), pos + longest), pos, -1):
-                if text[pos:end] in tokens:
-                    if start < pos:
-                        parts.append(text[start:pos])
-                    parts.append(text[pos:end])
-                    start = pos = end
-                    break
-            else:
-                pos += 1
-        else:
-            pos += 1
-    if start < len(text):
-        parts.append(text[start:])
-    return parts
-
-
-@dataclass(frozen=True)
-class _Vocab:
-    """The added-token facts a loaded 4.46.1 ``LlamaTokenizer`` ends up with."""
-
-    by_id: Mapping[int, _AddedToken]
-    ids: Mapping[str, int]
-    special: tuple[str | _AddedToken, ...]  # all_special_tokens_extended, in its order
-    additional: tuple[str, ...]  # additional_special_tokens
-
-
-def _read_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise TokenizerMismatchError(f"cannot read {path}: {error}") from error
-
-
-def _resolve_vocab(folder: Path, config: dict[str, Any], sp: Any) -> tuple[_Vocab, dict[str, Any]]:
-    """Follow 4.46.1 ``_from_pretrained`` and ``PreTrainedTokenizer.__init__`` for added tokens."""
-    kwargs = dict(config)
-    decoder: dict[int, _AddedToken] = {}
-    if "added_tokens_decoder" in kwargs:
-        for idx, value in kwargs["added_tokens_decoder"].items():
-            decoder[int(idx)] = _AddedToken.from_json(value)
-        by_content = {token.content: token for token in decoder.values()}
-    else:  # older repos: the special-token map, added_tokens.json, tokenizer.json
-        for key, value in (_read_json(folder / "special_tokens_map.json") or {}).items():
-            if key == "additional_special_tokens" and isinstance(value, list):
-                merged = list(kwargs.pop(key, None) or [])
-                seen = {str(_as_token(t)) for t in merged}
-                merged += [_as_token(t) for t in value if str(_as_token(t)) not in seen]
-                value = merged
-            kwargs[key] = value
-        for content, idx in (_read_json(folder / "added_tokens.json") or {}).items():
-            decoder[int(idx)] = _AddedToken(content)
-        fast = _read_json(folder / "tokenizer.json") or {}
-        from_fast = {int(v["id"]): _AddedToken.from_json(v) for v in fast.get("added_tokens", [])}
-        decoder.update(from_fast)
-        by_content = {token.content: token for token in from_fast.values()}
-    for key in _SPECIAL_KEYS:  # a special token named in the config takes the added token's flags
-        if kwargs.get(key) is not None:
-            token = _as_token(kwargs[key])
-            kwargs[key] = by_content.get(str(token), token)
-    for key, default in _LLAMA_DEFAULTS.items():  # LlamaTokenizer.__init__ makes these AddedTokens
-        kwargs.setdefault(key, default)
-    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
-        if isinstance(kwargs.get(key), str):
-            kwargs[key] = _AddedToken(kwargs[key])
-    return _register_special(decoder, kwargs, sp), kwargs
-
-
-def _register_special(decoder: dict[int, _AddedToken], kwargs: dict[str, Any], sp: Any) -> _Vocab:
-    """Give every special token an id: its added id, else its SentencePiece id, else a new one."""
-    specials: list[str | _AddedToken] = []
-    seen: set[str] = set()
-    values = [kwargs.get(key) for key in _SPECIAL_KEYS] + list(kwargs.get("additional_special_tokens") or [])
-    for value in values:
-        token = _as_token(value) if value else None
-        if token and str(token) not in seen:
-            seen.add(str(token))
-            specials.append(token)
-    ids = {token.content: idx for idx, token in decoder.items()}
-    next_id = sp.get_piece_size() + sum(1 for c in ids if not _is_piece(sp, c))
-    for token in specials:
-        if isinstance(token, str):
-            if token in ids:
-                continue
-            token = _AddedToken(token)
-        # else: an AddedToken replaces the entry even when its content is there (4.46.1 re-adds it)
-        idx = ids.get(token.content)
-        if idx is None:
-            idx = sp.piece_to_id(token.content) if _is_piece(sp, token.content) else None
-        if idx is None:
-            idx, next_id = next_id, next_id + 1
-        decoder[idx] = token
-        ids[token.content] = idx
-    additional = tuple(str(_as_token(t)) for t in (kwargs.get("additional_special_tokens") or []))
-    return _Vocab(MappingProxyType(dict(decoder)), MappingProxyType(ids), tuple(specials), additional)
-
-
-def _is_piece(sp: Any, text: str) -> bool:
-    return bool(sp.id_to_piece(sp.piece_to_id(text)) == text)
+        if not legacy:
+            model_proto = disable_add_dummy_prefix(model_proto)
+        processor = sentencepiece.SentencePieceProcessor()
+        processor.LoadFromSerializedProto(model_proto)
+    except (WireFormatError, RuntimeError, OSError) as error:
+        raise TokenizerMismatchError(f"{problem}: {error}") from error
+    return processor
 
 
 def _load_sentencepiece(path: Path, legacy: bool) -> Any:
-    import sentencepiece
-
     try:
         data = path.read_bytes()
     except FileNotFoundError as error:
@@ -208,14 +71,7 @@ def _load_sentencepiece(path: Path, legacy: bool) -> Any:
             f"no tokenizer.model in {path.parent}: a TIPO model folder holds tokenizer.model next to "
             "config.json; download the model again or point at the folder that has it"
         ) from error
-    try:
-        if not legacy:
-            data = disable_add_dummy_prefix(data)
-        processor = sentencepiece.SentencePieceProcessor()
-        processor.LoadFromSerializedProto(data)
-    except (WireFormatError, RuntimeError, OSError) as error:
-        raise TokenizerMismatchError(f"{path} is not a SentencePiece model: {error}") from error
-    return processor
+    return load_processor(data, legacy, f"{path} is not a SentencePiece model")
 
 
 def _config_flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -237,7 +93,7 @@ class TipoTokenizer:
         "_special", "_special_ids", "_split_args", "_joined_added",
     )  # fmt: skip
 
-    def __init__(self, folder: Path, sp: Any, vocab: _Vocab, kwargs: Mapping[str, Any]) -> None:
+    def __init__(self, folder: Path, sp: Any, vocab: Vocab, kwargs: Mapping[str, Any]) -> None:
         set_ = object.__setattr__
         legacy = _config_flag(kwargs, "legacy", True)  # 4.46.1: None means legacy
         set_(self, "folder", folder)
@@ -253,12 +109,12 @@ class TipoTokenizer:
         special = frozenset(str(t) for t in vocab.special)
         set_(self, "_special", special)
         set_(self, "_special_ids", frozenset(self._piece_id(t) for t in special))
-        ids = {key: self._piece_id(str(_as_token(kwargs[key]))) if kwargs.get(key) else None for key in _SPECIAL_KEYS}
+        ids = {key: self._piece_id(str(as_token(kwargs[key]))) if kwargs.get(key) else None for key in SPECIAL_KEYS}
         set_(self, "bos_id", ids["bos_token"])
         set_(self, "eos_id", ids["eos_token"])
         set_(self, "pad_id", ids["pad_token"])
         set_(self, "unk_id", ids["unk_token"])
-        unk = str(_as_token(kwargs["unk_token"])) if kwargs.get("unk_token") else ""
+        unk = str(as_token(kwargs["unk_token"])) if kwargs.get("unk_token") else ""
         set_(self, "_unk_token", unk)
         set_(self, "_unk_length", len(sp.encode(unk, out_type=str)))
         contents = frozenset(c for c in vocab.ids if c)
@@ -272,7 +128,7 @@ class TipoTokenizer:
         # Decoding joins these as separate strings (4.46.1 ``_decode``'s legacy_added_tokens).
         joined = (contents - special) | {t for t in vocab.additional if self._piece_id(t) >= self._piece_count}
         set_(self, "_joined_added", joined)
-        set_(self, "vocab_size", self._piece_count + sum(1 for c in contents if not _is_piece(sp, c)))
+        set_(self, "vocab_size", self._piece_count + sum(1 for c in contents if not is_piece(sp, c)))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"TipoTokenizer is immutable; cannot set {name!r}")
@@ -286,37 +142,26 @@ class TipoTokenizer:
         folder = Path(path)
         if not folder.is_dir():
             raise ModelNotFoundError(f"tokenizer folder {folder} does not exist or is not a folder")
-        config = _read_json(folder / "tokenizer_config.json") or {}
+        config = read_json(folder / "tokenizer_config.json") or {}
         if not isinstance(config, dict):
             raise TokenizerMismatchError(f"{folder / 'tokenizer_config.json'} does not hold a JSON object")
         sp = _load_sentencepiece(folder / "tokenizer.model", _config_flag(config, "legacy", True))
+        return cls.from_processor(folder, sp, config)
+
+    @classmethod
+    def from_processor(cls, source: Path, sp: Any, config: dict[str, Any]) -> TipoTokenizer:
+        """The tokenizer of a loaded processor and a ``tokenizer_config.json`` dict (a folder's,
+        or one rebuilt from GGUF metadata); checks TIPO's 13 added tokens."""
         try:
-            vocab, kwargs = _resolve_vocab(folder, config, sp)
+            vocab, kwargs = resolve_vocab(source, config, sp)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, TokenizerMismatchError):
                 raise
-            raise TokenizerMismatchError(f"malformed added-token entries in {folder}: {error!r}") from error
-        tokenizer = cls(folder, sp, vocab, kwargs)
-        tokenizer._check_tipo_tokens()
+            raise TokenizerMismatchError(f"malformed added-token entries in {source}: {error!r}") from error
+        tokenizer = cls(source, sp, vocab, kwargs)
+        check_tipo_tokens(tokenizer.added_tokens, source)
         logger.debug("loaded %r", tokenizer)
         return tokenizer
-
-    def _check_tipo_tokens(self) -> None:
-        missing = [t for t in TIPO_ADDED_TOKENS if t not in self.added_tokens]
-        misnumbered = [
-            f"{t} (id {self.added_tokens[t]}, expected {TIPO_FIRST_ADDED_ID + i})"
-            for i, t in enumerate(TIPO_ADDED_TOKENS)
-            if t in self.added_tokens and self.added_tokens[t] != TIPO_FIRST_ADDED_ID + i
-        ]
-        if missing or misnumbered:
-            problems = (["missing " + ", ".join(missing)] if missing else []) + (
-                ["misnumbered " + ", ".join(misnumbered)] if misnumbered else []
-            )
-            raise TokenizerMismatchError(
-                f"the tokenizer in {self.folder} is not TIPO's: {'; '.join(problems)}. TIPO models need "
-                f"its 13 added tokens at ids {TIPO_FIRST_ADDED_ID}..{TIPO_FIRST_ADDED_ID + 12}; "
-                "use the tokenizer files that came with the model"
-            )
 
     def check_vocab(self, model_vocab_size: int) -> None:
         """Raise when the model has fewer embedding rows than the ids this tokenizer can give."""
@@ -362,7 +207,7 @@ class TipoTokenizer:
         return pieces
 
     def _split_and_encode(self, text: str) -> list[str]:
-        parts = _split_on(text, *self._split_args)
+        parts = split_on(text, *self._split_args)
         for i, part in enumerate(parts):
             if part not in self.added_tokens:
                 continue

@@ -21,7 +21,7 @@ import gradio as gr
 from tipo.args import fields, spec
 from tipo.diff import css_class
 from tipo.extension import paste_values
-from tipo.models import MODELS
+from tipo.models.registry import MODELS
 from tipo.plan import Mode
 
 __all__ = ["Controls", "build"]

@@ -406,11 +406,13 @@ def load_fast_engine(
     :class:`tipo.errors.UnsupportedModelError` for a checkpoint the fast forward does not
     reproduce (the caller then uses :class:`tipo.engine.hf.HFEngine`).
     """
-    from tipo.models import _is_gguf_file, _load_plan, choose_device, choose_dtype
+    from tipo.models.device import choose_device, choose_dtype
+    from tipo.models.files import is_gguf_file as _is_gguf_file
+    from tipo.models.load import load_plan as _load_plan
 
     source = Path(path)
     if _is_gguf_file(source):
-        from tipo.gguf_model import open_gguf
+        from tipo.gguf.checkpoint import open_gguf
 
         checkpoint = open_gguf(source)  # weights dequantised one at a time, as build() asks
         target_device = choose_device(device)
