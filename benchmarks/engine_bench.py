@@ -128,7 +128,7 @@ def versions() -> dict[str, str]:
     import torch
 
     found = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("transformers", "tipo-kgen"):
+    for name in ("transformers", "triton", "tipo-kgen"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -149,6 +149,8 @@ class Contenders:
         self.device, self.dtype = device, dtype
         self.fast, self.tokenizer = load_fast_engine(folder, device, dtype, banned_ids=[EOS])
         self.fast_eager = FastEngine(self.fast.weights, self.tokenizer, banned_ids=[EOS], use_cuda_graph=False)
+        # The fallback where Triton is missing (Windows, macOS): graphs over torch operations.
+        self.fast_torch = FastEngine(self.fast.weights, self.tokenizer, banned_ids=[EOS], kernels=False)
         import transformers
         from packaging.version import Version
 
@@ -173,6 +175,7 @@ class Contenders:
             ways["reference"] = self.run_reference
         ways.update({"HF generate": self.run_hf_generate, "HFEngine": self.run_hf_engine, "fast (eager)": self.run_fast_eager})
         if self.device.type == "cuda":
+            ways["fast (graph, torch ops)"] = lambda rows, n: self.run_fast(rows, n, self.fast_torch)
             ways["fast (graph)"] = self.run_fast
         return ways
 
@@ -254,7 +257,7 @@ def time_steps(run: Callable[[int, int], int], rows: int, steps: tuple[int, int]
             "call_ms": statistics.median(long_calls)}  # fmt: skip
 
 
-def forward_only(engine: Any, rows: int, length: int, runs: int) -> float:
+def forward_only(engine: Any, rows: int, length: int, runs: int, kernels: bool = False) -> float:
     """ms of the bare decode step (no sampling) at a fixed attention length: graph replays on
     CUDA, eager calls elsewhere. Median of ``runs`` batches of 50 steps."""
     import torch
@@ -266,7 +269,7 @@ def forward_only(engine: Any, rows: int, length: int, runs: int) -> float:
     tokens = torch.full((rows,), 5, dtype=torch.long, device=device)
     positions = torch.full((rows,), length - 1, dtype=torch.long, device=device)
     with torch.no_grad():
-        step = lambda: decode_step(weights, cache, tokens, positions, length)  # noqa: E731
+        step = lambda: decode_step(weights, cache, tokens, positions, length, kernels=kernels)  # noqa: E731
         if device.type == "cuda":
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -357,6 +360,8 @@ def bench_model(arch: str, args: argparse.Namespace, bandwidth: float, workdir: 
     # Contender by contender, the CUDA-graph engine last: a failed graph capture can leave
     # torch's default CUDA generator unusable for transformers' sampling afterwards.
     for name, run in contenders.table().items():
+        if name in args.skip:
+            continue
         for rows in args.batch_list if name != "reference" else [1]:  # the reference runs rows one by one
             try:
                 figures = time_steps(run, rows, steps, args.runs)
@@ -364,9 +369,13 @@ def bench_model(arch: str, args: argparse.Namespace, bandwidth: float, workdir: 
                 figures = {"error": f"{type(error).__name__}: {error}"[:300]}
             result["steps"][f"{name}|{rows}"] = figures
             print(f"  {arch} b={rows:<3} {name:<14} {figures}", file=sys.stderr, flush=True)
+    result["kernels"] = contenders.fast.uses_kernels  # after its first call's check
     for rows in args.batch_list:
         result["steps"][f"forward only|{rows}"] = {"ms_step": forward_only(contenders.fast, rows, 128, args.runs)}
-    if device.type == "cuda":
+        if result["kernels"]:
+            result["steps"][f"forward only, kernels|{rows}"] = {
+                "ms_step": forward_only(contenders.fast, rows, 128, args.runs, kernels=True)}
+    if device.type == "cuda" and args.cadence:
         for every in (1, 4, 8, 16, 32):
             engine = type(contenders.fast)(contenders.fast.weights, contenders.tokenizer, banned_ids=[EOS],
                                            stop_check_every=every)  # fmt: skip
@@ -382,7 +391,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"copy bandwidth {env['bandwidth_gbs']:.1f} GB/s (read+write) | date {env['date']}")
     for model in report["models"]:
         print(f"\n## TIPO-{model['arch'].upper()} random init, {model['dtype']}: decode reads {model['decode_weight_mb']:.0f} MB,"
-              f" floor {model['floor_ms']:.3f} ms/step")  # fmt: skip
+              f" floor {model['floor_ms']:.3f} ms/step; fast engine on Triton kernels: {model['kernels']}")  # fmt: skip
         print("| engine | batch | ms/step median (min-max) | x floor | x reference | tokens/s | call ms |")
         print("|---|---|---|---|---|---|---|")
         reference = model["steps"].get("reference|1", {}).get("ms_step")
@@ -414,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--invariance", default="8,32", help="ROWS,TOKENS of the batched-vs-alone count")
     parser.add_argument("--no-reference", dest="reference", action="store_false")
+    parser.add_argument("--skip", default="", help="comma list of contenders not to time (e.g. 'HF generate,HFEngine')")
+    parser.add_argument("--cadence", action="store_true", help="also time stop checks every 1..32 steps (CUDA)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--cold", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -425,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args.batch_list = [int(b) for b in args.batches.split(",")]
+    args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     args.invariance = tuple(int(x) for x in args.invariance.split(","))
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()

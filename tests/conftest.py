@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import os
 import socket
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
+# Tests run on the CPU, where Triton kernels (tipo/engine/kernels.py) run only in Triton's
+# interpreter; it must be chosen before anything imports triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_TOKENIZER = ROOT / "tests" / "fixtures" / "tipo-tokenizer"

@@ -8,6 +8,7 @@ cuts the work into prefill groups and attention buckets.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -23,15 +24,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tipo.api import Expander
-from tipo.engine import fast
+from tipo.engine import fast, kernels
 from tipo.engine.base import GenerationRequest, SamplingSettings
 from tipo.engine.fast import FastEngine, load_fast_engine
 from tipo.engine.hf import MIN_NEW_TOKENS, HFEngine
 from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, decode_step, pack_rows, prefill
-from tipo.engine.sampling import make_generator
+from tipo.engine.sampling import RowParams, make_generator, race, race_candidates, warp_candidates, warp_logits
 from tipo.errors import InvalidArgument, UnsupportedModelError
 from tipo.tokenizer import TipoTokenizer
 
+#: Every path of decode_step: transformers' arithmetic, the fused one (the CUDA default without
+#: Triton) and the Triton kernels (in Triton's interpreter here; skipped without Triton).
+STEP_OPTIONS = [{"fused": False}, {"fused": True}] + ([{"kernels": True}] if kernels.available() else [])
 GREEDY = SamplingSettings(top_k=1, repetition_penalty=1.0, max_new_tokens=12)
 HAS_GQA = "num_key_value_heads" in LlamaConfig().to_dict()  # transformers >= 4.31
 
@@ -51,7 +55,7 @@ def transformers_last_logits(model, rows: list[list[int]]) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
 
 
-def assert_forward_matches(model, weights: LlamaWeights, fused: bool = False) -> None:
+def assert_forward_matches(model, weights: LlamaWeights, **step_options: bool) -> None:
     """Prefill then four decode steps, rows of lengths 3..17, against transformers' forward."""
     rows = [list(prompt(seed, n)) for seed, n in ((1, 9), (2, 3), (3, 17), (4, 12))]
     cache = KVCache.allocate(weights.shape, len(rows), 32, weights.device, weights.dtype)
@@ -61,15 +65,20 @@ def assert_forward_matches(model, weights: LlamaWeights, fused: bool = False) ->
         for step in range(4):
             fed = [3 + 1000 * step + row for row in range(len(rows))]
             positions = torch.tensor([len(r) for r in rows])
-            ours = decode_step(weights, cache, torch.tensor(fed), positions, length=32, fused=fused)
+            ours = decode_step(weights, cache, torch.tensor(fed), positions, length=32, **step_options)
             rows = [r + [t] for r, t in zip(rows, fed)]
             torch.testing.assert_close(ours, transformers_last_logits(model, rows), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["exact", "fused"])
-def test_forward_equals_transformers_logits(tiny_llama, fused: bool) -> None:
-    """The fused decode step (the CUDA default) is checked here on the CPU too."""
-    assert_forward_matches(tiny_llama, LlamaWeights.from_model(tiny_llama), fused)
+@pytest.mark.parametrize(
+    "options",
+    [{"fused": False}, {"fused": True},
+     pytest.param({"kernels": True}, marks=pytest.mark.skipif(not kernels.available(), reason="no Triton"))],
+    ids=["exact", "fused", "kernels"],
+)  # fmt: skip
+def test_forward_equals_transformers_logits(tiny_llama, options: dict) -> None:
+    """The fused decode step and the Triton kernels (CUDA paths) are checked here on the CPU too."""
+    assert_forward_matches(tiny_llama, LlamaWeights.from_model(tiny_llama), **options)
 
 
 @pytest.mark.skipif(not HAS_GQA, reason="transformers < 4.31 has no grouped-query attention")
@@ -84,8 +93,8 @@ def test_forward_equals_transformers_with_grouped_query_attention_and_tied_embed
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    for fused in (False, True):
-        assert_forward_matches(model, LlamaWeights.from_model(model), fused)
+    for options in STEP_OPTIONS:
+        assert_forward_matches(model, LlamaWeights.from_model(model), **options)
 
 
 def test_weights_from_safetensors_equal_weights_from_the_model(tiny_model_dir: Path, tiny_llama) -> None:
@@ -314,3 +323,91 @@ def test_expander_uses_the_fast_engine_and_falls_back_to_transformers(tiny_model
         chosen = Expander(odd, device="cpu")._ready()[0]
     assert isinstance(chosen, HFEngine)
     assert "hidden_act='gelu'" in caplog.text
+
+
+def test_kernels_are_refused_where_they_cannot_run(engine: FastEngine) -> None:
+    """On the CPU the engine never picks the Triton kernels, and asking for them is an error."""
+    assert not engine.uses_kernels
+    with pytest.raises(InvalidArgument, match="kernels=True needs CUDA"):
+        FastEngine(engine.weights, TIPO_IDS, kernels=True)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no Triton")
+@pytest.mark.parametrize("fault", ["none", "compile error", "wrong numbers"])
+def test_the_kernel_check_keeps_the_torch_path_when_kernels_fail(
+    engine: FastEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    """The first-use check: kernels that fail to build or compute otherwise are dropped, with a
+    warning that says why; working kernels pass."""
+    if fault == "compile error":
+        def broken(*args, **kwargs):
+            raise RuntimeError("Failed to find C compiler")
+
+        monkeypatch.setattr(kernels, "rotary_attention", broken)
+    elif fault == "wrong numbers":
+        monkeypatch.setattr(kernels, "silu_mul", lambda gate_up: torch.zeros_like(gate_up[:, : gate_up.shape[1] // 2]))
+    with caplog.at_level(logging.WARNING, logger="tipo.engine.fast"):
+        passed = engine._check_kernels()
+    assert passed == (fault == "none")
+    if fault == "none":
+        assert not caplog.records
+    else:
+        assert "Triton kernels unusable here" in caplog.text
+        assert ("C compiler" if fault == "compile error" else "relative error") in caplog.text
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no Triton")
+def test_kernels_in_half_precision_write_the_cache_as_the_fused_path_does(tiny_llama) -> None:
+    """float16, rows of 3..70 tokens (attention over two blocks of positions): the keys and
+    values the kernels write equal the fused path's, and so do the logits, to fp16 rounding."""
+    weights = LlamaWeights.from_model(copy.deepcopy(tiny_llama).half())
+    rows = [list(prompt(seed, n)) for seed, n in ((1, 3), (2, 70), (3, 17))]
+    caches = [KVCache.allocate(weights.shape, len(rows), 96, weights.device, torch.float16) for _ in range(2)]
+    positions = torch.tensor([len(r) for r in rows])
+    with torch.no_grad():
+        for cache in caches:
+            prefill(weights, cache, pack_rows(rows, 0, weights.device))
+        for step in range(3):
+            fed = torch.tensor([5 + step, 60 + step, 900])
+            fused = decode_step(weights, caches[0], fed, positions + step, length=96, fused=True)
+            ours = decode_step(weights, caches[1], fed, positions + step, length=96, kernels=True)
+            torch.testing.assert_close(ours, fused, atol=3e-2, rtol=1e-2)  # a few fp16 ulps of logits up to ~10
+    # Layer 0 sees the same inputs on both paths: its rotated keys and values are equal bit for
+    # bit (the kernel rounds each rotary product as torch does); deeper layers to fp16 rounding.
+    assert torch.equal(caches[1].k[0], caches[0].k[0]) and torch.equal(caches[1].v[0], caches[0].v[0])
+    torch.testing.assert_close(caches[1].k, caches[0].k, atol=4e-3, rtol=0)
+    torch.testing.assert_close(caches[1].v, caches[0].v, atol=4e-3, rtol=0)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one setting", "a setting per row"])
+def test_candidate_sampling_keeps_and_draws_what_whole_vocabulary_sampling_does(mixed: bool) -> None:
+    """warp_candidates (the CUDA default) against warp_logits (transformers' processors): the
+    same tokens survive with the same values, and the same noise draws the same token."""
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 32013, generator=generator) * 3
+    settings = [SamplingSettings(temperature=0.35, top_p=0.95, top_k=60, min_p=0.1, repetition_penalty=1.17)] * 6
+    if mixed:
+        settings = [
+            SamplingSettings(top_k=1), SamplingSettings(top_k=10, top_p=0.5), SamplingSettings(top_k=80, min_p=0.0),
+            SamplingSettings(top_k=60, top_p=1.0, min_p=0.3), SamplingSettings(temperature=2.0, top_k=25, top_p=0.9),
+            SamplingSettings(temperature=0.1, top_k=40, repetition_penalty=2.0),
+        ]  # fmt: skip
+    params = RowParams.build(settings, torch.device("cpu"))
+    banned = torch.zeros_like(logits, dtype=torch.bool)
+    banned[:, [2, int(logits[0].argmax())]] = True
+    seen = torch.rand(logits.shape, generator=generator) < 0.01
+    whole = warp_logits(logits, None, None, params, banned, seen=seen)
+    values, ids = warp_candidates(logits, params, banned, seen)
+    rebuilt = torch.full_like(whole, float("-inf")).scatter(1, ids, values)
+    assert torch.equal(rebuilt.isfinite(), whole.isfinite())
+    assert whole.isfinite().sum(1).min() >= 1 and (whole.isfinite().sum(1) > 1).any()
+    torch.testing.assert_close(rebuilt[whole.isfinite()], whole[whole.isfinite()], atol=0, rtol=0)
+    for draw in range(20):
+        noise = torch.empty(logits.shape).exponential_(generator=generator)
+        assert torch.equal(race_candidates(values, ids, noise), race(whole, noise)), draw
+
+
+def test_candidate_sampling_engine_writes_the_same_tokens(engine: FastEngine) -> None:
+    """The engine with candidate sampling (forced here on the CPU) writes what it writes without."""
+    requests = [r for r in sampled_rows() if r.sampling.top_k > 0]
+    assert FastEngine(engine.weights, TIPO_IDS, candidates=True).generate(requests) == engine.generate(requests)

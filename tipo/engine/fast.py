@@ -13,6 +13,10 @@ The shape follows gpt-fast (style sheet, section 8), plus what a WebUI batch nee
   included, is captured in one CUDA graph per (batch bucket, length bucket, sampling signature)
   and replayed; if capture fails the engine warns once and stays eager. No ``torch.compile``,
   no transformers cache class: torch 2.1+ and transformers 4.30.2+ are enough.
+- **Triton kernels** (:mod:`tipo.engine.kernels`) where Triton imports, on CUDA: eight kernels
+  a layer instead of about thirty, attention over the positions each row wrote (so one graph
+  per batch bucket, whatever the length). Checked against the torch path on the engine's first
+  call; if they fail to compile or disagree, the engine logs why and keeps the torch path.
 - **Sampling on the device** with :mod:`tipo.engine.sampling` (``warp_logits``, ``race``), each
   row drawing its noise from its own generator, so a row's tokens do not depend on the rows
   beside it. The draws come in blocks of :data:`NOISE_BLOCK` steps (one kernel per row per
@@ -38,8 +42,11 @@ import torch
 
 from tipo.engine.base import Control, GenerationRequest, GenerationResult, SamplingSettings, checkpoint
 from tipo.engine.hf import MIN_NEW_TOKENS, TIPO_V1_CONTEXT, SpecialIds, TokenIds
-from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, decode_step, pack_rows, prefill
-from tipo.engine.sampling import RowParams, fill_noise, make_generator, race, seen_tokens, warp_logits
+from tipo.engine import kernels as kernel_module
+from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, decode_step, kernels_support, pack_rows, prefill
+from tipo.engine.sampling import (
+    RowParams, fill_noise, make_generator, race, race_candidates, seen_tokens, warp_candidates, warp_logits,
+)
 from tipo.errors import GenerationError, InvalidArgument
 
 if TYPE_CHECKING:
@@ -97,7 +104,9 @@ class FastEngine:
     """:class:`tipo.engine.base.Engine` over :class:`tipo.engine.llama.LlamaWeights`.
 
     ``banned_ids`` are never generated. ``use_cuda_graph`` defaults to "on CUDA";
-    ``stop_check_every`` to :data:`STOP_CHECK_EVERY` for the device (1 elsewhere). Calls are
+    ``stop_check_every`` to :data:`STOP_CHECK_EVERY` for the device (1 elsewhere); ``kernels``
+    (the Triton decode step) to "on CUDA where Triton works"; ``candidates`` (sampling over the
+    top-k only, :func:`tipo.engine.sampling.warp_candidates`) to "on CUDA". Calls are
     serialised by a lock: one cache, one batch at a time.
     """
 
@@ -110,6 +119,8 @@ class FastEngine:
         banned_ids: Sequence[int] = (),
         use_cuda_graph: bool | None = None,
         stop_check_every: int | None = None,
+        kernels: bool | None = None,
+        candidates: bool | None = None,
     ) -> None:
         self._weights = weights
         self._vocab_size = weights.shape.vocab_size
@@ -135,12 +146,26 @@ class FastEngine:
         self._check_every = int(stop_check_every)
         if self._check_every < 1:
             raise InvalidArgument(f"stop_check_every={stop_check_every!r} (must be >= 1)")
+        if kernels and not (on_cuda and kernel_module.available() and kernels_support(weights.shape)):
+            raise InvalidArgument(
+                "kernels=True needs CUDA weights, Triton and a power-of-two head size "
+                f"(device {weights.device}, Triton {'present' if kernel_module.available() else 'missing'}, "
+                f"head size {weights.shape.head_dim})"
+            )
+        # None: on where they can run, after a check against the torch path on first use.
+        self._kernels = kernels is not False and on_cuda and kernel_module.available() and kernels_support(weights.shape)
+        self._kernels_checked = kernels is True or not self._kernels
+        # Sampling over the top-k candidates (sampling.warp_candidates): not bit-exact with
+        # transformers, so by default only where nothing is (CUDA).
+        self._candidates = on_cuda if candidates is None else bool(candidates)
         self._token_ids = token_ids
         self._options: dict[str, Any] = {  # for to(): what the caller chose, not what this device implied
             "context_length": self.context_length,
             "banned_ids": self._banned_ids,
             "stop_check_every": cadence_option,
             "use_cuda_graph": False if use_cuda_graph is False else None,
+            "kernels": False if kernels is False else None,
+            "candidates": candidates,
         }
         self._lock = threading.Lock()
         self._cache: KVCache | None = None
@@ -167,6 +192,11 @@ class FastEngine:
     @property
     def uses_cuda_graph(self) -> bool:
         return self._use_graph
+
+    @property
+    def uses_kernels(self) -> bool:
+        """Whether decode steps run the Triton kernels (:mod:`tipo.engine.kernels`)."""
+        return self._kernels
 
     #: :meth:`to` leaves this engine as it was (a copy of the weights moves).
     copies_on_move = True
@@ -223,6 +253,9 @@ class FastEngine:
         # function of this call alone, never of a cache left larger by an earlier call (on CUDA
         # a longer masked read changes fp16 rounding, so the same call could sample otherwise).
         span = min(_round_up(longest + steps, LENGTH_BUCKET), self.context_length)
+        if not self._kernels_checked:
+            self._kernels = self._check_kernels()
+            self._kernels_checked = True
         cache = self._ensure_cache(run_rows, span)
         if run_rows not in self._batches:
             self._batches[run_rows] = _Batch(run_rows, self._vocab_size, self.context_length, self.device)
@@ -264,17 +297,42 @@ class FastEngine:
             first = end
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
+    def _check_kernels(self) -> bool:
+        """One decode step of two short rows with the Triton kernels and with torch: True if
+        they agree (relative error < 1 %). Anything else (no compiler, a Triton too old, wrong
+        numbers) is logged once and the engine keeps the torch path."""
+        w = self._weights
+        rows = [[self._ids.bos_id, 3, 4, 5], [self._ids.bos_id, 6]]
+        try:
+            logits = []
+            for kernels in (True, False):
+                cache = KVCache.allocate(w.shape, len(rows), LENGTH_BUCKET, self.device, self.dtype)
+                prefill(w, cache, pack_rows(rows, 0, self.device))
+                tokens = torch.tensor([7, 8], device=self.device)
+                positions = torch.tensor([len(r) for r in rows], device=self.device)
+                logits.append(decode_step(w, cache, tokens, positions, LENGTH_BUCKET, kernels=kernels))
+            ours, torch_path = logits
+            error = float((ours - torch_path).norm() / torch_path.norm().clamp_min(1e-6))
+            if not torch.isfinite(ours).all() or not error < 1e-2:
+                raise GenerationError(f"their logits differ from the torch path's (relative error {error:.3g})")
+        except Exception as error:  # a compile failure surfaces as many error classes
+            logger.warning("Triton kernels unusable here (%s); the fast engine uses torch operations", error)
+            return False
+        return True
+
     def _step(self, cache: KVCache, batch: _Batch, params: RowParams, length: int) -> None:
+        kernels = self._kernels
         if self._use_graph:
-            key = (batch.rows, length, params.max_top_k, params.any_top_p, params.any_min_p)
+            # With the kernels, attention reads what each row wrote whatever ``length`` is.
+            key = (batch.rows, 0 if kernels else length, kernels, self._candidates, params.signature)
             try:
-                if self._graphs.run(key, lambda: batch.step(self._weights, cache, params, length)):
+                if self._graphs.run(key, lambda: batch.step(self._weights, cache, params, length, kernels, self._candidates)):
                     return
             except RuntimeError as error:
                 logger.warning("CUDA graph capture failed (%s); the fast engine runs eagerly from now on", error)
                 self._use_graph = False
                 self._graphs.clear()
-        batch.step(self._weights, cache, params, length)
+        batch.step(self._weights, cache, params, length, kernels, self._candidates)
 
 
 class _Batch:
@@ -342,19 +400,24 @@ class _Batch:
         return dataclasses.replace(fresh, **{f.name: getattr(self.params, f.name) for f in dataclasses.fields(RowParams)
                                              if isinstance(getattr(self.params, f.name), torch.Tensor)})  # fmt: skip
 
-    def step(self, weights: LlamaWeights, cache: KVCache, params: RowParams, length: int) -> None:
+    def step(
+        self, weights: LlamaWeights, cache: KVCache, params: RowParams, length: int, kernels: bool, candidates: bool
+    ) -> None:
         """Sample every row's next token from ``logits``, record it, feed it: new ``logits``.
         Tensor operations only (no host sync), so a CUDA graph can capture it."""
         k = self.step_index
         banned = torch.where(k < MIN_NEW_TOKENS, self.banned_with_eos, self.banned)
-        warped = warp_logits(self.logits, None, None, params, banned, seen=self.seen)
-        token = race(warped, self.noise[self.row_index, k % NOISE_BLOCK])  # [R]
+        noise = self.noise[self.row_index, k % NOISE_BLOCK]
+        if candidates and params.all_top_k:
+            token = race_candidates(*warp_candidates(self.logits, params, banned, self.seen), noise)  # [R]
+        else:
+            token = race(warp_logits(self.logits, None, None, params, banned, seen=self.seen), noise)  # [R]
         self.out[self.row_index, k] = token
         self.finished |= (token == self.eos_id) | (self.limits <= k + 1)
         self.seen.scatter_(1, token.unsqueeze(1), True)  # a scalar, not a host tensor to copy over
         # Rows past their end keep running (fixed shapes); clamping keeps them inside the cache.
         positions = (self.lengths + k).clamp(max=cache.length - 1)
-        self.logits.copy_(decode_step(weights, cache, token, positions, length))
+        self.logits.copy_(decode_step(weights, cache, token, positions, length, kernels=kernels))
         self.step_index += 1
 
 
@@ -402,16 +465,16 @@ def load_fast_engine(
     """A model folder (safetensors) or a LLaMA ``.gguf`` file straight to a :class:`FastEngine`
     and its tokenizer, without building a transformers model.
 
-    Device and dtype are chosen as :func:`tipo.models.load_model` chooses them. Raises
+    Device and dtype are chosen as :func:`tipo.models.load.load_model` chooses them. Raises
     :class:`tipo.errors.UnsupportedModelError` for a checkpoint the fast forward does not
     reproduce (the caller then uses :class:`tipo.engine.hf.HFEngine`).
     """
     from tipo.models.device import choose_device, choose_dtype
-    from tipo.models.files import is_gguf_file as _is_gguf_file
-    from tipo.models.load import load_plan as _load_plan
+    from tipo.models.files import is_gguf_file
+    from tipo.models.load import load_plan
 
     source = Path(path)
-    if _is_gguf_file(source):
+    if is_gguf_file(source):
         from tipo.gguf.checkpoint import open_gguf
 
         checkpoint = open_gguf(source)  # weights dequantised one at a time, as build() asks
@@ -423,7 +486,7 @@ def load_fast_engine(
     else:
         from tipo.tokenizer import TipoTokenizer
 
-        folder, config, target_device, target_dtype = _load_plan(source, device, dtype)
+        folder, config, target_device, target_dtype = load_plan(source, device, dtype)
         tokenizer = TipoTokenizer.from_dir(folder)
         tokenizer.check_vocab(int(config.get("vocab_size", 0)))
         weights = LlamaWeights.from_safetensors(folder, config, target_device, target_dtype)

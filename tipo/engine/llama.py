@@ -360,6 +360,7 @@ def decode_step(
     positions: torch.Tensor,
     length: int,
     fused: bool | None = None,
+    kernels: bool = False,
 ) -> torch.Tensor:
     """One token per cache row ``0 .. B-1``: ``tokens`` and ``positions`` ``[B]`` (where each
     row writes). Attention reads cache positions ``< length`` only, masked to ``<= position``.
@@ -369,7 +370,11 @@ def decode_step(
     kernels per layer (a step is launch-bound on a GPU): one rotary pass over queries and keys,
     PyTorch's attention kernel, residual adds inside the matrix products, fused RMSNorm where
     torch has it. Off, the arithmetic is transformers' own, which keeps CPU rows batch-invariant.
+    ``kernels`` runs each layer with the Triton kernels of :mod:`tipo.engine.kernels` instead
+    (eight kernels a layer; attention reads positions ``<= position`` only, ``length`` unused).
     """
+    if kernels:
+        return _kernel_step(w, cache, tokens, positions)
     if fused is None:
         fused = tokens.is_cuda
     s = w.shape
@@ -431,3 +436,26 @@ def _fused_layer(
     x = torch.addmm(x, out.reshape(B, H * D), layer.o.t())
     gate, up = F.linear(_fused_norm(x, layer.mlp_norm, s.rms_norm_eps), layer.gate_up).chunk(2, dim=-1)
     return torch.addmm(x, F.silu(gate) * up, layer.down.t())
+
+
+def _kernel_step(w: LlamaWeights, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """:func:`decode_step` over the Triton kernels (see :mod:`tipo.engine.kernels`)."""
+    from tipo.engine import kernels
+
+    s = w.shape
+    x = w.embed[tokens]  # [B, hidden], a new tensor: the residual stream, updated in place
+    h = kernels.rms_norm(x, w.layers[0].attn_norm, s.rms_norm_eps)
+    norms = [layer.attn_norm for layer in w.layers[1:]] + [w.norm]  # each layer's last add feeds the next norm
+    for index, (layer, next_norm) in enumerate(zip(w.layers, norms)):
+        qkv = F.linear(h, layer.qkv)
+        out = kernels.rotary_attention(qkv, cache.k[index], cache.v[index], positions, w.cos, w.sin,
+                                       s.num_heads, s.num_kv_heads)  # fmt: skip
+        h = kernels.add_rms_norm_(x, F.linear(out, layer.o), layer.mlp_norm, s.rms_norm_eps)
+        h = kernels.add_rms_norm_(x, F.linear(kernels.silu_mul(F.linear(h, layer.gate_up)), layer.down),
+                                  next_norm, s.rms_norm_eps)  # fmt: skip
+    return F.linear(h, w.lm_head).float()
+
+
+def kernels_support(shape: LlamaShape) -> bool:
+    """Whether :func:`decode_step`'s ``kernels`` path handles this shape (a power-of-two head size)."""
+    return shape.head_dim > 1 and shape.head_dim & (shape.head_dim - 1) == 0

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RowParams", "derive_seed", "make_generator", "seen_tokens", "warp_logits", "fill_noise", "race", "draw_tokens",
+    "warp_candidates", "race_candidates",
 ]
 
 
@@ -78,6 +79,12 @@ class RowParams:
     max_top_k: int
     any_top_p: bool
     any_min_p: bool
+    all_top_k: bool = False
+
+    @property
+    def signature(self) -> tuple[int, bool, bool, bool]:
+        """What decides the kernels a sampling step runs (part of a CUDA graph's key)."""
+        return (self.max_top_k, self.any_top_p, self.any_min_p, self.all_top_k)
 
     @classmethod
     def build(cls, settings: Sequence[SamplingSettings], device: torch.device) -> RowParams:
@@ -96,6 +103,7 @@ class RowParams:
             max_top_k=max(s.top_k for s in settings),
             any_top_p=any(s.top_p < 1.0 for s in settings),
             any_min_p=any(s.min_p > 0.0 for s in settings),
+            all_top_k=all(s.top_k > 0 for s in settings),
         )
 
 
@@ -139,6 +147,53 @@ def warp_logits(
         remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
         scores = scores.masked_fill(remove, float("-inf"))
     return scores
+
+
+def warp_candidates(
+    scores: torch.Tensor, params: RowParams, banned: torch.Tensor, seen: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`warp_logits` over each row's top-k candidates only: (filtered float32 logits
+    ``[B, K]``, their token ids ``[B, K]``), K = ``params.max_top_k``; needs every row's
+    ``top_k > 0`` (``params.all_top_k``).
+
+    Why: top-p and min-p over the whole vocabulary sort and softmax 32,000 values per row per
+    step, a third of a GPU decode step; after top-k every other token is ``-inf`` anyway. The
+    kept tokens and their probabilities are the same as :func:`warp_logits` gives, but for
+    summation order (ulps), and ties at the k-th value: transformers keeps every token tied
+    with it, this keeps K. So the CPU engine, which must match transformers exactly, does not
+    use it.
+    """
+    import torch
+
+    scores = scores.float().masked_fill(banned, float("-inf"))
+    scores = torch.where(seen, _penalise(scores, params.penalty), scores)
+    scores = scores / params.temperature
+    values, ids = torch.topk(scores, min(params.max_top_k, scores.shape[-1]), dim=-1)  # descending
+    k = params.top_k.clamp(1, values.shape[-1])
+    values = values.masked_fill(values < values.gather(1, (k - 1).unsqueeze(1)), float("-inf"))
+    if params.any_top_p:
+        # transformers' rule over the ascending order: drop while the cumulative mass <= 1 - top_p.
+        ascending = values.flip(-1)
+        remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= params.top_p_cut
+        remove[:, -1] = False
+        values = values.masked_fill((remove & params.use_top_p).flip(-1), float("-inf"))
+    if params.any_min_p:
+        probs = torch.softmax(values, dim=-1)
+        remove = probs < params.min_p * probs[:, :1]  # column 0 is each row's most likely token
+        remove[:, 0] = False
+        values = values.masked_fill(remove, float("-inf"))
+    return values, ids
+
+
+def race_candidates(values: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """:func:`race` over candidates: each candidate meets the noise of its own token id, so a
+    row draws what :func:`race` would draw over the whole vocabulary. ``[B]`` token ids."""
+    import torch
+
+    probs = torch.softmax(values, dim=-1)
+    tiny = torch.finfo(torch.float32).tiny
+    choice = torch.argmax(probs / noise.gather(1, ids).clamp_min(tiny), dim=-1, keepdim=True)
+    return ids.gather(1, choice).squeeze(1)
 
 
 def seen_tokens(context_ids: torch.Tensor, context_valid: torch.Tensor | None, vocab: int) -> torch.Tensor:
