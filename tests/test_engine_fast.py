@@ -35,7 +35,7 @@ from tipo.tokenizer import TipoTokenizer
 
 #: Every path of decode_step: transformers' arithmetic, the fused one (the CUDA default without
 #: Triton) and the Triton kernels (in Triton's interpreter here; skipped without Triton).
-STEP_OPTIONS = [{"fused": False}, {"fused": True}] + ([{"kernels": True}] if kernels.available() else [])
+STEP_OPTIONS = [{"fused": False}, {"fused": True, "sdpa": False}] + ([{"kernels": True}] if kernels.available() else [])
 GREEDY = SamplingSettings(top_k=1, repetition_penalty=1.0, max_new_tokens=12)
 HAS_GQA = "num_key_value_heads" in LlamaConfig().to_dict()  # transformers >= 4.31
 
@@ -55,12 +55,15 @@ def transformers_last_logits(model, rows: list[list[int]]) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
 
 
-def assert_forward_matches(model, weights: LlamaWeights, **step_options: bool) -> None:
-    """Prefill then four decode steps, rows of lengths 3..17, against transformers' forward."""
+def assert_forward_matches(model, weights: LlamaWeights, sdpa: bool = True, **step_options: bool) -> None:
+    """Prefill then four decode steps, rows of lengths 3..17, against transformers' forward.
+    ``sdpa=False`` writes the prefill attention out (the CUDA default); ``kernels`` applies to
+    the prefill too."""
     rows = [list(prompt(seed, n)) for seed, n in ((1, 9), (2, 3), (3, 17), (4, 12))]
     cache = KVCache.allocate(weights.shape, len(rows), 32, weights.device, weights.dtype)
     with torch.no_grad():
-        ours = prefill(weights, cache, pack_rows(rows, 0, weights.device))
+        packed = pack_rows(rows, 0, weights.device)
+        ours = prefill(weights, cache, packed, kernels=step_options.get("kernels", False), sdpa=sdpa)
         torch.testing.assert_close(ours, transformers_last_logits(model, rows), atol=1e-4, rtol=0)
         for step in range(4):
             fed = [3 + 1000 * step + row for row in range(len(rows))]
@@ -72,9 +75,9 @@ def assert_forward_matches(model, weights: LlamaWeights, **step_options: bool) -
 
 @pytest.mark.parametrize(
     "options",
-    [{"fused": False}, {"fused": True},
-     pytest.param({"kernels": True}, marks=pytest.mark.skipif(not kernels.available(), reason="no Triton"))],
-    ids=["exact", "fused", "kernels"],
+    [{"fused": False}, {"fused": True}, {"fused": True, "sdpa": False},
+     pytest.param({"kernels": True, "sdpa": False}, marks=pytest.mark.skipif(not kernels.available(), reason="no Triton"))],
+    ids=["exact", "fused", "fused, written-out prefill attention", "kernels"],
 )  # fmt: skip
 def test_forward_equals_transformers_logits(tiny_llama, options: dict) -> None:
     """The fused decode step and the Triton kernels (CUDA paths) are checked here on the CPU too."""
@@ -377,6 +380,14 @@ def test_kernels_in_half_precision_write_the_cache_as_the_fused_path_does(tiny_l
     assert torch.equal(caches[1].k[0], caches[0].k[0]) and torch.equal(caches[1].v[0], caches[0].v[0])
     torch.testing.assert_close(caches[1].k, caches[0].k, atol=4e-3, rtol=0)
     torch.testing.assert_close(caches[1].v, caches[0].v, atol=4e-3, rtol=0)
+
+
+def test_prefill_groups_bounded_by_attention_scores_give_the_same_tokens(tiny_llama, engine, monkeypatch) -> None:
+    """PREFILL_SCORES small enough that every row is prefilled alone (rows x heads x width^2)."""
+    requests = sampled_rows()
+    expected = engine.generate(requests)
+    monkeypatch.setattr(fast, "PREFILL_SCORES", 1)
+    assert FastEngine.from_model(tiny_llama, TIPO_IDS).generate(requests) == expected
 
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["one setting", "a setting per row"])

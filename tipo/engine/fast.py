@@ -62,6 +62,9 @@ LENGTH_BUCKET = 64
 #: Prefill runs rows in groups of at most this many prompt tokens (padded to the group's
 #: longest row), which bounds its activation memory.
 PREFILL_TOKENS = 8192
+#: ... and at most this many attention scores (rows x heads x width x width): on CUDA the
+#: prefill attention is written out (tipo.engine.llama.prefill), float32 scores of 128 MiB.
+PREFILL_SCORES = 1 << 25
 #: Each row draws its sampling noise for this many steps at once (one kernel per row per block).
 NOISE_BLOCK = 16
 #: Steps between host checks of "every row done". A check waits for the device, and each step
@@ -286,14 +289,20 @@ class FastEngine:
         return cache
 
     def _prefill(self, cache: KVCache, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Logits ``[B, V]`` of each row's last prompt token, rows in groups of PREFILL_TOKENS."""
+        """Logits ``[B, V]`` of each row's last prompt token, rows in groups (PREFILL_TOKENS,
+        PREFILL_SCORES)."""
         outputs, first = [], 0
         while first < len(prompts):
             end, width = first + 1, len(prompts[first])
-            while end < len(prompts) and max(width, len(prompts[end])) * (end + 1 - first) <= PREFILL_TOKENS:
-                width = max(width, len(prompts[end]))
+            while end < len(prompts):
+                wider = max(width, len(prompts[end]))
+                rows = end + 1 - first
+                if wider * rows > PREFILL_TOKENS or rows * self._weights.shape.num_heads * wider * wider > PREFILL_SCORES:
+                    break
+                width = wider
                 end += 1
-            outputs.append(prefill(self._weights, cache, pack_rows(prompts[first:end], first, self.device)))
+            packed = pack_rows(prompts[first:end], first, self.device)
+            outputs.append(prefill(self._weights, cache, packed, kernels=self._kernels))
             first = end
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
@@ -307,7 +316,7 @@ class FastEngine:
             logits = []
             for kernels in (True, False):
                 cache = KVCache.allocate(w.shape, len(rows), LENGTH_BUCKET, self.device, self.dtype)
-                prefill(w, cache, pack_rows(rows, 0, self.device))
+                prefill(w, cache, pack_rows(rows, 0, self.device), kernels=kernels)
                 tokens = torch.tensor([7, 8], device=self.device)
                 positions = torch.tensor([len(r) for r in rows], device=self.device)
                 logits.append(decode_step(w, cache, tokens, positions, LENGTH_BUCKET, kernels=kernels))

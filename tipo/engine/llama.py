@@ -319,31 +319,65 @@ def _logits(w: LlamaWeights, x: torch.Tensor) -> torch.Tensor:
     return F.linear(_rms_norm(x, w.norm, w.shape.rms_norm_eps), w.lm_head).float()
 
 
-def prefill(w: LlamaWeights, cache: KVCache, packed: Packed) -> torch.Tensor:
+def prefill(
+    w: LlamaWeights, cache: KVCache, packed: Packed, kernels: bool = False, sdpa: bool | None = None
+) -> torch.Tensor:
     """Run the packed prompts, write their keys/values to the cache; float32 logits ``[G, V]``
     of each row's last token.
 
     Matrix products run on the ``T`` real tokens only; attention runs per row on ``[G, W]``
     (each row's queries against its own cache row, causal), so padding costs only there.
+    ``sdpa`` (default: off CUDA) uses PyTorch's attention kernel; on CUDA the attention is
+    written out instead, because there torch picks cuDNN, which builds a plan for every new
+    prompt width (about 55 ms on an H100, so most of a request's prefill) and whose choice made
+    results differ between engines (benchmarks/README.md). ``kernels`` runs the norms and the
+    SiLU with :mod:`tipo.engine.kernels` (fewer launches; as :func:`decode_step`).
     """
+    if sdpa is None:
+        sdpa = not packed.tokens.is_cuda
+    if kernels:
+        from tipo.engine import kernels as k
     s = w.shape
     H, K, D, T = s.num_heads, s.num_kv_heads, s.head_dim, packed.tokens.shape[0]
     G = packed.last.shape[0]
     group = slice(packed.first, packed.first + G)
     cos, sin = w.cos[packed.positions].unsqueeze(1), w.sin[packed.positions].unsqueeze(1)  # [T, 1, D]
-    x = w.embed[packed.tokens]  # [T, hidden]
-    for index, layer in enumerate(w.layers):
-        q, k, v = F.linear(_rms_norm(x, layer.attn_norm, s.rms_norm_eps), layer.qkv).split([H * D, K * D, K * D], -1)
-        cache.k[index][packed.rows, :, packed.positions] = _rotate(k.view(T, K, D), cos, sin)
+    x = w.embed[packed.tokens]  # [T, hidden], a new tensor (the kernels update it in place)
+    if kernels:
+        h = k.rms_norm(x, w.layers[0].attn_norm, s.rms_norm_eps)
+    norms = [layer.attn_norm for layer in w.layers[1:]] + [w.norm]
+    for index, (layer, next_norm) in enumerate(zip(w.layers, norms)):
+        normed = h if kernels else _rms_norm(x, layer.attn_norm, s.rms_norm_eps)
+        q, k_, v = F.linear(normed, layer.qkv).split([H * D, K * D, K * D], -1)
+        cache.k[index][packed.rows, :, packed.positions] = _rotate(k_.view(T, K, D), cos, sin)
         cache.v[index][packed.rows, :, packed.positions] = v.view(T, K, D)
         queries = q.new_zeros(G, packed.width, H, D)
         queries[packed.local, packed.positions] = _rotate(q.view(T, H, D), cos, sin)
         keys = _repeat_kv(cache.k[index][group, :, : packed.width], H // K)  # [G, H, W, D]
         values = _repeat_kv(cache.v[index][group, :, : packed.width], H // K)
-        out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, is_causal=True)
-        out = out.transpose(1, 2)[packed.local, packed.positions]  # [T, H, D]
-        x = _mlp(x + F.linear(out.reshape(T, H * D), layer.o), layer, s.rms_norm_eps)
+        if sdpa:
+            out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, is_causal=True)
+        else:
+            out = _causal_attention(queries.transpose(1, 2), keys, values)
+        out = out.transpose(1, 2)[packed.local, packed.positions].reshape(T, H * D)  # [T, H * D]
+        if kernels:
+            h = k.add_rms_norm_(x, F.linear(out, layer.o), layer.mlp_norm, s.rms_norm_eps)
+            h = k.add_rms_norm_(x, F.linear(k.silu_mul(F.linear(h, layer.gate_up)), layer.down), next_norm,
+                                s.rms_norm_eps)  # fmt: skip
+        else:
+            x = _mlp(x + F.linear(out, layer.o), layer, s.rms_norm_eps)
+    if kernels:
+        return F.linear(h[packed.last], w.lm_head).float()
     return _logits(w, x[packed.last])
+
+
+def _causal_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(D), causal) v`` over ``[G, H, W, D]``, softmax in float32."""
+    width = queries.shape[2]
+    scores = torch.matmul(queries, keys.transpose(-1, -2)) * (1.0 / math.sqrt(queries.shape[-1]))  # [G, H, W, W]
+    future = torch.ones(width, width, dtype=torch.bool, device=queries.device).triu(1)
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32)
+    return torch.matmul(probs.to(queries.dtype), values)
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
