@@ -31,6 +31,10 @@ logger = logging.getLogger("tipo.webui")
 #: The one model holder of the txt2img and img2img scripts and the expand route: a resource,
 #: not generation state.
 EXPANDERS = ExpanderPool()
+#: Hands a TIPO failure that stops a generation to the HTTP answer of the API request that ran
+#: it (the WebUI swallows exceptions from script hooks and would answer 200): an object holding
+#: a per-request context variable, no shared data (tipo.api_guard.FailureRelay).
+API_FAILURES = api_guard.FailureRelay()
 _PAGE_PARTS = ("prompt", "width", "height")
 
 
@@ -131,7 +135,7 @@ def _parse(p: Any, values: tuple[Any, ...]) -> TipoArgs | None:
     try:
         return extension.parse_script_args(values, xyz.overrides_of(p))
     except TipoError as error:
-        _refuse(p, f"TIPO: {error}")
+        _refuse(p, f"TIPO: {error}", error)
         raise
 
 
@@ -145,7 +149,7 @@ def _run(p: Any, job: extension.Job, args: TipoArgs) -> extension.JobResult:
         result = extension.run_job(job, args, expander, report=lambda: extension.environment_report(args, settings.device),
                                    control=extension.webui_control(state))  # fmt: skip
     except TipoError as error:  # strict mode, or arguments only a request could check
-        _refuse(p, str(error))
+        _refuse(p, str(error), error)
         raise
     finally:
         state.sampling_step = 0  # the sampler sets its own steps; don't show TIPO's meanwhile
@@ -168,10 +172,12 @@ class _Unavailable:
         raise self.error
 
 
-def _refuse(p: Any, message: str) -> None:
+def _refuse(p: Any, message: str, error: TipoError) -> None:
     """Stop this generation: the WebUI reports and swallows exceptions from script hooks, so
-    raising alone would let it go on with prompts TIPO was asked to change."""
+    raising alone would let it go on with prompts TIPO was asked to change, and an API request
+    would be answered HTTP 200; the relay makes that answer an HTTP error naming ``error``."""
     logger.error(message)
+    API_FAILURES.record(error)
     if hasattr(p, "comment"):
         p.comment(message)
     state = getattr(shared, "state", None)
@@ -299,7 +305,8 @@ def _on_before_ui() -> None:
 def _on_app_started(_demo: Any, app: Any) -> None:
     """``GET /tipo/v1/schema`` always; ``POST /tipo/v1/expand`` where the WebUI's own API is on
     (``--api`` or ``--nowebui``), behind its ``--api-auth`` credentials; bad TIPO args in a
-    txt2img/img2img request are HTTP 422 (:mod:`tipo.api_guard`)."""
+    txt2img/img2img request are HTTP 422, and a TIPO failure that stopped its generation
+    (strict mode) an HTTP error naming it (:mod:`tipo.api_guard`)."""
     from fastapi import Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -323,7 +330,7 @@ def _on_app_started(_demo: Any, app: Any) -> None:
         # (PEP 563) it would look `Request` up in this module's globals and not find it.
         endpoint.__annotations__ = {"request": Request}
     app.add_api_route(routes.SCHEMA_PATH, tipo_schema, methods=["GET"])
-    if not api_guard.install(app, extension.check_api_payload):
+    if not api_guard.install(app, extension.check_api_payload, API_FAILURES):
         logger.warning("TIPO: cannot check API args before generation; bad args will show in the console only")
     cmd_opts = getattr(shared, "cmd_opts", None)
     if getattr(cmd_opts, "api", False) or getattr(cmd_opts, "nowebui", False):

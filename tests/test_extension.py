@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tipo
 from tipo import extension
 from tipo.args import TipoArgs, fields, spec, webui_fields
 from tipo.errors import GenerationError, InvalidArgument
@@ -421,6 +422,7 @@ def test_strict_mode_fails_with_versions_model_device_and_args(webui, tmp_path):
     for part in ("strict mode", "ModelNotFoundError", "versions: python", "transformers", "model: no-model",
                  "device: cpu", '"strict": true'):  # fmt: skip
         assert part in message
+    assert f"tipo {tipo.__version__}," in message  # the package's version, installed by pip or not
     assert caught.value.__cause__ is not None
     assert p.all_prompts == ["1girl"] and webui.shared.state.interrupted
 

@@ -179,8 +179,10 @@ def environment_report(args: TipoArgs, device: str | None) -> str:
     """What a bug report needs: versions, model, device, settings (strict mode's error)."""
     import importlib.metadata
 
-    versions = []
-    for dist in ("tipo", "torch", "transformers", "huggingface_hub", "gradio"):
+    from tipo import __version__
+
+    versions = [f"tipo {__version__}"]  # the package's own: an extension is not pip-installed
+    for dist in ("torch", "transformers", "huggingface_hub", "gradio"):
         try:
             versions.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:

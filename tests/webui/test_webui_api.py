@@ -10,11 +10,16 @@ targets, so a tiny random-weight model answers in seconds.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import struct
+import time
 import urllib.error
 import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -235,14 +240,49 @@ def test_failure_keeps_the_prompt_and_says_why() -> None:
         assert "no-such-model" in infotext_params(infotext).get("TIPO error", ""), infotext
 
 
-def test_strict_failure_is_an_http_error() -> None:
-    """Issue 5: strict mode turns a failure into an error, never images from the unchanged prompt."""
-    status, response = txt2img({}, [{"enabled": True, "model": "no-such-model", "strict": True, **FAST}])
-    body = json.dumps(response, ensure_ascii=False) if not isinstance(response, str) else response
+def tiny_png(width: int = 64, height: int = 64) -> str:
+    """A grey PNG as the API's base64 string, made with the standard library (img2img's init image)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80\x80\x80" * width for _ in range(height))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return base64.b64encode(png).decode()
+
+
+@pytest.mark.parametrize(
+    ("path", "timing"),
+    [("txt2img", "after"), ("txt2img", "before"), ("img2img", "after")],
+    ids=["txt2img", "txt2img-timing-before", "img2img"],
+)
+def test_strict_failure_is_an_http_error(path: str, timing: str) -> None:
+    """Issue 5: strict mode turns a failure into an error naming it, never images from the
+    unchanged prompt (in ``process()`` for timing after, ``before_process()`` for before)."""
+    tipo = {"enabled": True, "model": "no-such-model", "strict": True, "timing": timing, **FAST}
+    body = {"prompt": PROMPT, "width": 64, "height": 64, "steps": 1, "sampler_name": "Euler", "seed": 100,
+            "alwayson_scripts": {TITLE: {"args": [tipo]}}}  # fmt: skip
+    if path == "img2img":
+        body.update(init_images=[tiny_png()], denoising_strength=0.5)
+    status, response = call("POST", f"/sdapi/v1/{path}", body)
+    text = json.dumps(response, ensure_ascii=False) if not isinstance(response, str) else response
     images = len(response.get("images") or []) if isinstance(response, dict) else 0
-    print(f"\nstrict failure: HTTP {status}, {images} image(s), body {body[:600]}")
+    print(f"\nstrict failure ({path}, timing {timing}): HTTP {status}, {images} image(s), body {text[:600]}")
     assert images == 0
-    assert status >= 400 and "no-such-model" in body, f"HTTP {status}; the error is not in the answer"
+    assert status >= 400 and "no-such-model" in text, f"HTTP {status}; the error is not in the answer"
+    assert status == 500 and response["error"] == "GenerationError" and "strict mode" in response["detail"]
+
+
+def test_a_request_after_a_strict_failure_generates_normally() -> None:
+    """The failure belongs to its request: the next request (non-strict, same bad model) is HTTP 200
+    with its images, the typed prompt and the reason in the infotext."""
+    status, response = txt2img({}, [{"enabled": True, "model": "no-such-model", "strict": True, **FAST}])
+    assert status == 500, response
+    status, response = txt2img({}, [{"enabled": True, "model": "no-such-model", **FAST}])
+    assert status == 200 and len(response["images"]) == 1, response
+    info = info_of(response)
+    assert info["all_prompts"] == [PROMPT] and "no-such-model" in infotext_params(info["infotexts"][0]).get("TIPO error", "")
 
 
 def test_script_info_lists_every_arg(schema: dict[str, Any] | None) -> None:
@@ -296,6 +336,61 @@ def test_expand_route(schema: dict[str, Any] | None) -> None:
     assert results[0]["prompt"] != results[1]["prompt"] and PROMPT not in (results[0]["prompt"], results[1]["prompt"])
     status, again = call("POST", "/tipo/v1/expand", {"requests": [{"prompt": PROMPT, "seed": 2}], "model": MODEL, **FAST})
     assert status == 200 and again["results"][0]["prompt"] == results[1]["prompt"]
+
+
+def test_concurrent_strict_and_lenient_requests_get_their_own_answers() -> None:
+    """Four txt2img requests in flight at once, strict and not in turn, all failing to load the
+    model: the strict ones are HTTP 500, the others HTTP 200 with their image (the WebUI runs
+    them one after the other under its queue lock; each answer is its own request's)."""
+    def one(strict: bool) -> tuple[int, Any]:
+        return txt2img({}, [{"enabled": True, "model": "no-such-model", "strict": strict, **FAST}])
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(one, [True, False, True, False]))
+    print("\nconcurrent strict/lenient:", [status for status, _ in answers])
+    for index, (status, response) in enumerate(answers):
+        if index % 2 == 0:
+            assert status == 500 and "no-such-model" in response["detail"], (index, response)
+        else:
+            assert status == 200 and len(response["images"]) == 1, (index, response)
+
+
+#: Sixteen different expand requests (prompt, mode, lengths, size, bans, NL prompt, sampling),
+#: each with a fixed seed.
+_CONCURRENT = [
+    {"prompt": f"{subject}, {scene}", "seed": 1000 + index, "mode": mode, "width": 832 + 64 * (index % 4),
+     "height": 1216 - 64 * (index % 4), **({"ban_tags": "rain, *hat"} if index % 3 == 0 else {}),
+     **({"nl_prompt": "A girl under the stars."} if index % 5 == 0 else {}),
+     **({"temperature": 0.7, "top_k": 40} if index % 4 == 1 else {})}
+    for index, (subject, scene, mode) in enumerate(
+        (subject, scene, mode)
+        for subject in ("1girl, solo", "2boys", "cat, no humans", "1girl, long hair")
+        for scene, mode in (("scenery", "both_tag_first"), ("night, city", "tag_only"), ("sunset", "both_nl_first"),
+                            ("forest, rain", "tags"))
+    )
+]  # fmt: skip
+
+
+def test_sixteen_concurrent_expand_calls_equal_the_same_calls_alone(schema: dict[str, Any] | None) -> None:
+    """Sixteen POST /tipo/v1/expand calls at once over HTTP, each a different request with a fixed
+    seed: each answer equals the same call made alone afterwards."""
+    bodies = [{"requests": [request], "model": MODEL, **FAST} for request in _CONCURRENT]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda body: call("POST", "/tipo/v1/expand", body), bodies))
+    concurrent_s = time.perf_counter() - start
+    if together[0][0] == 404:
+        pytest.skip("POST /tipo/v1/expand answers 404: this build of the extension has no expand route")
+    start = time.perf_counter()
+    alone = [call("POST", "/tipo/v1/expand", body) for body in bodies]
+    alone_s = time.perf_counter() - start
+    print(f"\n16 expand calls: concurrent {concurrent_s:.1f} s, one after the other {alone_s:.1f} s")
+    for index, ((status, answer), (status_alone, answer_alone)) in enumerate(zip(together, alone)):
+        assert status == status_alone == 200, (index, answer, answer_alone)
+        assert answer["failed"] == 0, (index, answer)
+        assert answer == answer_alone, f"call {index}: concurrent {answer} != alone {answer_alone}"
+        assert answer["results"][0]["seed"] == _CONCURRENT[index]["seed"]
+    assert len({answer["results"][0]["prompt"] for _, answer in together}) == len(bodies)
 
 
 def test_expand_route_names_bad_fields() -> None:
