@@ -262,7 +262,8 @@ def forward_only(engine: Any, rows: int, length: int, runs: int, kernels: bool =
     CUDA, eager calls elsewhere. Median of ``runs`` batches of 50 steps."""
     import torch
 
-    from tipo.engine.llama import KVCache, decode_step
+    from tipo.engine.forward import decode_step
+    from tipo.engine.llama import KVCache
 
     weights, device = engine.weights, engine.device
     cache = KVCache.allocate(weights.shape, rows, length, device, weights.dtype)

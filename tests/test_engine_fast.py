@@ -24,12 +24,20 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tipo.api import Expander
-from tipo.engine import fast, kernels
+from tipo.engine import fast, kernels, steps
 from tipo.engine.base import GenerationRequest, SamplingSettings
 from tipo.engine.fast import FastEngine, load_fast_engine
+from tipo.engine.forward import decode_step, prefill
 from tipo.engine.hf import MIN_NEW_TOKENS, HFEngine
-from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, decode_step, pack_rows, prefill
-from tipo.engine.sampling import RowParams, make_generator, race, race_candidates, warp_candidates, warp_logits
+from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, pack_rows
+from tipo.engine.sampling import (
+    RowParams,
+    make_generator,
+    race,
+    race_candidates,
+    warp_candidates,
+    warp_logits,
+)
 from tipo.errors import InvalidArgument, UnsupportedModelError
 from tipo.tokenizer import TipoTokenizer
 
@@ -149,8 +157,8 @@ def block_draws_equal_step_draws() -> bool:
     """Whether this torch's CPU ``exponential_`` gives a block of steps' noise as the same values
     as one draw per step (true of 2.13; an MKL-backed kernel would reseed per call)."""
     one, block = make_generator(3, torch.device("cpu")), make_generator(3, torch.device("cpu"))
-    steps = torch.stack([torch.empty(32013).exponential_(generator=one) for _ in range(fast.NOISE_BLOCK)])
-    return torch.equal(steps, torch.empty(fast.NOISE_BLOCK, 32013).exponential_(generator=block))
+    per_step = torch.stack([torch.empty(32013).exponential_(generator=one) for _ in range(steps.NOISE_BLOCK)])
+    return torch.equal(per_step, torch.empty(steps.NOISE_BLOCK, 32013).exponential_(generator=block))
 
 
 @pytest.mark.skipif(not block_draws_equal_step_draws(), reason="block and per-step draws differ in this torch")
@@ -271,13 +279,13 @@ def test_decode_step_never_waits_for_the_device(engine, monkeypatch) -> None:
     """A CUDA graph cannot capture a host read (``.item()``, a 0-d tensor index, ``nonzero``):
     the whole sample-and-feed step must be free of them (regression: a 0-d step index)."""
     log = _OpLog()
-    original = fast._Batch.step
+    original = steps.StepBuffers.step
 
     def logged_step(self, *args, **kwargs):  # noqa: ANN001, ANN202
         with log:
             return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(fast._Batch, "step", logged_step)
+    monkeypatch.setattr(steps.StepBuffers, "step", logged_step)
     engine.generate([GenerationRequest(prompt(50, 6), seed=1, sampling=SamplingSettings(max_new_tokens=4))])
     assert "aten.mm.default" in log.ops, "the step ran under the log"
     assert not {op for op in log.ops if "_local_scalar_dense" in op or "nonzero" in op or ".item" in op}

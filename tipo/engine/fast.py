@@ -6,10 +6,10 @@ The shape follows gpt-fast (style sheet, section 8), plus what a WebUI batch nee
   far and reused while big enough; rows carry no padding: row ``b`` holds its prompt at positions
   ``0 .. len_b - 1`` and writes its ``k``-th new token's keys at ``len_b + k``.
 - **Prefill without waste**: the prompts are packed end to end, so the matrix products see only
-  real tokens (:func:`tipo.engine.llama.prefill`).
+  real tokens (:func:`tipo.engine.forward.prefill`).
 - **Fixed-shape decode step**: one token per row; attention reads the cache only up to the
   longest row rounded up to :data:`LENGTH_BUCKET` positions, not the whole cache. A step is
-  sample-then-feed over static buffers (:class:`_Batch`), so on CUDA the whole step, sampling
+  sample-then-feed over static buffers (:class:`tipo.engine.steps.StepBuffers`), so on CUDA the whole step, sampling
   included, is captured in one CUDA graph per (batch bucket, length bucket, sampling signature)
   and replayed; if capture fails the engine warns once and stays eager. No ``torch.compile``,
   no transformers cache class: torch 2.1+ and transformers 4.30.2+ are enough.
@@ -19,7 +19,7 @@ The shape follows gpt-fast (style sheet, section 8), plus what a WebUI batch nee
   call; if they fail to compile or disagree, the engine logs why and keeps the torch path.
 - **Sampling on the device** with :mod:`tipo.engine.sampling` (``warp_logits``, ``race``), each
   row drawing its noise from its own generator, so a row's tokens do not depend on the rows
-  beside it. The draws come in blocks of :data:`NOISE_BLOCK` steps (one kernel per row per
+  beside it. The draws come in blocks of :data:`tipo.engine.steps.NOISE_BLOCK` steps (one kernel per row per
   block, outside the graph: per-row generators cannot be captured on torch 2.1). On the CPU a
   block is the same stream as one draw per step, so FastEngine and HFEngine pick the same tokens
   from the same logits; on CUDA the two engines' streams differ. The repetition penalty's
@@ -30,23 +30,21 @@ The shape follows gpt-fast (style sheet, section 8), plus what a WebUI batch nee
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from tipo.engine.base import Control, GenerationRequest, GenerationResult, SamplingSettings, checkpoint
-from tipo.engine.hf import MIN_NEW_TOKENS, TIPO_V1_CONTEXT, SpecialIds, TokenIds
 from tipo.engine import kernels as kernel_module
-from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, decode_step, kernels_support, pack_rows, prefill
-from tipo.engine.sampling import (
-    RowParams, fill_noise, make_generator, race, race_candidates, seen_tokens, warp_candidates, warp_logits,
-)
+from tipo.engine.base import Control, GenerationRequest, GenerationResult, checkpoint
+from tipo.engine.forward import decode_step, kernels_support, prefill
+from tipo.engine.hf import MIN_NEW_TOKENS, TIPO_V1_CONTEXT, SpecialIds, TokenIds
+from tipo.engine.llama import KVCache, LlamaShape, LlamaWeights, pack_rows
+from tipo.engine.sampling import RowParams, fill_noise, make_generator
+from tipo.engine.steps import NOISE_BLOCK, StepBuffers, StepGraphs
 from tipo.errors import GenerationError, InvalidArgument
 
 if TYPE_CHECKING:
@@ -63,10 +61,8 @@ LENGTH_BUCKET = 64
 #: longest row), which bounds its activation memory.
 PREFILL_TOKENS = 8192
 #: ... and at most this many attention scores (rows x heads x width x width): on CUDA the
-#: prefill attention is written out (tipo.engine.llama.prefill), float32 scores of 128 MiB.
+#: prefill attention is written out (tipo.engine.forward.prefill), float32 scores of 128 MiB.
 PREFILL_SCORES = 1 << 25
-#: Each row draws its sampling noise for this many steps at once (one kernel per row per block).
-NOISE_BLOCK = 16
 #: Steps between host checks of "every row done". A check waits for the device, and each step
 #: run after the last row stopped is wasted. On the CPU a check costs nothing (all is
 #: synchronous); on an H100 with CUDA graphs, checking every 1, 4, 8, 16 or 32 steps measured the
@@ -172,8 +168,8 @@ class FastEngine:
         }
         self._lock = threading.Lock()
         self._cache: KVCache | None = None
-        self._batches: dict[int, _Batch] = {}
-        self._graphs = _StepGraphs()
+        self._batches: dict[int, StepBuffers] = {}
+        self._graphs = StepGraphs()
 
     @classmethod
     def from_model(cls, model: Any, token_ids: SpecialIds, **options: Any) -> FastEngine:
@@ -261,7 +257,7 @@ class FastEngine:
             self._kernels_checked = True
         cache = self._ensure_cache(run_rows, span)
         if run_rows not in self._batches:
-            self._batches[run_rows] = _Batch(run_rows, self._vocab_size, self.context_length, self.device)
+            self._batches[run_rows] = StepBuffers(run_rows, self._vocab_size, self.context_length, self.device)
         batch = self._batches[run_rows]
         params = batch.load(requests, limits, self._prefill(cache, prompts), self._banned_ids, self._ids.eos_id)
         generators = [make_generator(r.seed, self.device) for r in requests]
@@ -329,7 +325,7 @@ class FastEngine:
             return False
         return True
 
-    def _step(self, cache: KVCache, batch: _Batch, params: RowParams, length: int) -> None:
+    def _step(self, cache: KVCache, batch: StepBuffers, params: RowParams, length: int) -> None:
         kernels = self._kernels
         if self._use_graph:
             # With the kernels, attention reads what each row wrote whatever ``length`` is.
@@ -342,130 +338,6 @@ class FastEngine:
                 self._use_graph = False
                 self._graphs.clear()
         batch.step(self._weights, cache, params, length, kernels, self._candidates)
-
-
-class _Batch:
-    """Every tensor one decode step reads or writes besides weights and cache, for ``rows`` rows.
-
-    Static, so that a captured step finds them at the same addresses in every call: each call
-    copies its rows in (:meth:`load`); spare rows (beyond the call's) are marked finished and
-    sample from zero logits. Shapes: ``[R, V]`` logits (float32), seen, banned; ``[R]`` lengths,
-    limits, finished; ``[R, context]`` out; ``[R, NOISE_BLOCK, V]`` noise; ``[1]`` step index.
-    """
-
-    def __init__(self, rows: int, vocab: int, max_steps: int, device: torch.device) -> None:
-        self.rows = rows
-        self.logits = torch.zeros((rows, vocab), dtype=torch.float32, device=device)
-        self.seen = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
-        self.banned = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
-        self.banned_with_eos = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
-        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self.limits = torch.zeros(rows, dtype=torch.long, device=device)
-        self.finished = torch.ones(rows, dtype=torch.bool, device=device)
-        self.out = torch.zeros((rows, max_steps), dtype=torch.long, device=device)
-        self.noise = torch.ones((rows, NOISE_BLOCK, vocab), dtype=torch.float32, device=device)
-        self.step_index = torch.zeros(1, dtype=torch.long, device=device)  # [1]: a 0-d index would sync
-        self.row_index = torch.arange(rows, device=device)
-        self.params = RowParams.build([SamplingSettings()] * rows, device)
-        self.eos_id = 0
-
-    def load(
-        self,
-        requests: Sequence[GenerationRequest],
-        limits: list[int],
-        logits: torch.Tensor,
-        banned_ids: tuple[int, ...],
-        eos_id: int,
-    ) -> RowParams:
-        """Copy one call's rows in; the call's settings as a RowParams over the static tensors."""
-        rows, device = len(requests), self.logits.device
-        settings = [r.sampling for r in requests]
-        fresh = RowParams.build(settings + [settings[0]] * (self.rows - rows), device)
-        for field in dataclasses.fields(RowParams):
-            value = getattr(self.params, field.name)
-            if isinstance(value, torch.Tensor):
-                value.copy_(getattr(fresh, field.name))
-        self.logits.zero_()
-        self.logits[:rows] = logits
-        prompts = [r.input_ids for r in requests]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([list(p) + [0] * (width - len(p)) for p in prompts], dtype=torch.long, device=device)
-        valid = torch.arange(width, device=device) < torch.tensor([len(p) for p in prompts], device=device)[:, None]
-        self.seen.zero_()
-        self.seen[:rows] = seen_tokens(ids, valid, self.seen.shape[1])
-        self.banned.zero_()
-        if banned_ids:
-            self.banned[:, list(banned_ids)] = True
-        self.banned_with_eos.copy_(self.banned)
-        self.banned_with_eos[:, eos_id] = True
-        self.eos_id = eos_id
-        self.lengths.zero_()
-        self.lengths[:rows] = torch.tensor([len(p) for p in prompts], device=device)
-        self.limits.zero_()
-        self.limits[:rows] = torch.tensor(limits, device=device)
-        self.finished.fill_(True)
-        self.finished[:rows] = False
-        self.step_index.zero_()
-        return dataclasses.replace(fresh, **{f.name: getattr(self.params, f.name) for f in dataclasses.fields(RowParams)
-                                             if isinstance(getattr(self.params, f.name), torch.Tensor)})  # fmt: skip
-
-    def step(
-        self, weights: LlamaWeights, cache: KVCache, params: RowParams, length: int, kernels: bool, candidates: bool
-    ) -> None:
-        """Sample every row's next token from ``logits``, record it, feed it: new ``logits``.
-        Tensor operations only (no host sync), so a CUDA graph can capture it."""
-        k = self.step_index
-        banned = torch.where(k < MIN_NEW_TOKENS, self.banned_with_eos, self.banned)
-        noise = self.noise[self.row_index, k % NOISE_BLOCK]
-        if candidates and params.all_top_k:
-            token = race_candidates(*warp_candidates(self.logits, params, banned, self.seen), noise)  # [R]
-        else:
-            token = race(warp_logits(self.logits, None, None, params, banned, seen=self.seen), noise)  # [R]
-        self.out[self.row_index, k] = token
-        self.finished |= (token == self.eos_id) | (self.limits <= k + 1)
-        self.seen.scatter_(1, token.unsqueeze(1), True)  # a scalar, not a host tensor to copy over
-        # Rows past their end keep running (fixed shapes); clamping keeps them inside the cache.
-        positions = (self.lengths + k).clamp(max=cache.length - 1)
-        self.logits.copy_(decode_step(weights, cache, token, positions, length, kernels=kernels))
-        self.step_index += 1
-
-
-class _StepGraphs:
-    """CUDA graphs of one decode step, keyed by shapes and sampling signature, one memory pool.
-
-    A key's first step runs eagerly (that is the warm-up: library handles, allocator), its
-    second is captured, later ones replay. Graphs never run concurrently, so sharing the pool is
-    safe; dropping them all drops the pool too, and the next capture starts a new one.
-    """
-
-    def __init__(self) -> None:
-        self._graphs: dict[tuple[Any, ...], Any] = {}
-        self._warm: set[tuple[Any, ...]] = set()
-        self._pool: Any = None
-
-    def clear(self) -> None:
-        self._graphs.clear()
-        self._warm.clear()
-        self._pool = None
-
-    def run(self, key: tuple[Any, ...], step: Callable[[], None]) -> bool:
-        """Replay (capturing first if due) and return True, or False: run ``step`` eagerly."""
-        graph = self._graphs.get(key)
-        if graph is None:
-            if key not in self._warm:
-                self._warm.add(key)
-                return False
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            options: dict[str, Any] = {"pool": self._pool}
-            if "capture_error_mode" in inspect.signature(torch.cuda.graph).parameters:
-                options["capture_error_mode"] = "thread_local"  # other threads may use the GPU meanwhile
-            with torch.cuda.graph(graph, **options):
-                step()  # recorded, not run
-            self._graphs[key] = graph
-        graph.replay()
-        return True
 
 
 def load_fast_engine(
