@@ -96,6 +96,13 @@ class TipoScript(scripts.Script):
         args = _parse(p, values)
         if args is None or args.timing != "before":
             return
+        reused = _upscaled_expansion(p)
+        if reused is not None:
+            p.prompt, hires, carried = reused
+            if hires != p.prompt or getattr(p, "hr_prompt", ""):
+                p.hr_prompt = hires
+            p.extra_generation_params = {**p.extra_generation_params, **carried}
+            return
         typed = p.prompt if isinstance(p.prompt, list) else [p.prompt]
         hr_typed = getattr(p, "hr_prompt", "")
         use_hr = bool(getattr(p, "enable_hr", False)) and isinstance(hr_typed, str) and hr_typed not in ("", p.prompt)
@@ -113,6 +120,12 @@ class TipoScript(scripts.Script):
         args = _parse(p, values)
         if args is None or args.timing != "after":
             return
+        reused = _upscaled_expansion(p)
+        if reused is not None:
+            prompt, hires, carried = reused
+            _set_prompts(p, [prompt] * len(p.all_prompts), [hires] * len(p.all_prompts))
+            p.extra_generation_params = {**p.extra_generation_params, **carried}
+            return
         tipo_seed = extension.resolve_tipo_seed(args.seed)
         variation = list(p.all_subseeds) if float(getattr(p, "subseed_strength", 0) or 0) > 0 else None
         seeds = extension.expansion_seeds(
@@ -122,13 +135,38 @@ class TipoScript(scripts.Script):
         hr = getattr(p, "all_hr_prompts", None)
         job = extension.Job(tuple(p.all_prompts), seeds, tipo_seed, tuple(hr) if hr else None, **_image_facts(p))
         result = _run(p, job, args)
-        p.all_prompts = list(result.prompts)
-        if getattr(p, "main_prompt", None) is not None and result.prompts:
-            p.main_prompt = result.prompts[0]
-        if result.hr_prompts is not None:
-            p.all_hr_prompts = list(result.hr_prompts)
-            if getattr(p, "main_hr_prompt", None) is not None and result.hr_prompts:
-                p.main_hr_prompt = result.hr_prompts[0]
+        _set_prompts(p, list(result.prompts), None if result.hr_prompts is None else list(result.hr_prompts))
+
+
+def _set_prompts(p: Any, prompts: list[str], hr_prompts: list[str] | None) -> None:
+    """``all_prompts`` (and ``all_hr_prompts`` where hires is on) with their ``main_`` copies."""
+    p.all_prompts = prompts
+    if getattr(p, "main_prompt", None) is not None and prompts:
+        p.main_prompt = prompts[0]
+    if hr_prompts is not None and getattr(p, "all_hr_prompts", None) is not None:
+        p.all_hr_prompts = hr_prompts
+        if getattr(p, "main_hr_prompt", None) is not None and hr_prompts:
+            p.main_hr_prompt = hr_prompts[0]
+
+
+def _upscaled_expansion(p: Any) -> tuple[str, str, dict[str, Any]] | None:
+    """On ✨ (upscale one image, ``p.txt2img_upscale``): the image's own expansion and TIPO
+    entries, read back from its infotext (:func:`tipo.extension.upscale_reuse`); None otherwise,
+    and where the image holds none (then its prompt is expanded again, as any generation)."""
+    if not getattr(p, "txt2img_upscale", False):
+        return None
+    try:
+        from modules import images, infotext_utils
+
+        text, _items = images.read_info_from_image(p.firstpass_image)
+        reused = extension.upscale_reuse(infotext_utils.parse_generation_parameters(text)) if text else None
+    except (ImportError, AttributeError, OSError, ValueError, TypeError) as error:  # an older WebUI, an unreadable file
+        logger.warning("TIPO: cannot read the infotext of the image to upscale (%s)", error)
+        reused = None
+    if reused is None:
+        logger.warning("TIPO: the image to upscale records no TIPO expansion; its prompt is expanded again "
+                       "(the same expansion only with a fixed TIPO seed and per-image presampling)")  # fmt: skip
+    return reused
 
 
 def _parse(p: Any, values: tuple[Any, ...]) -> TipoArgs | None:

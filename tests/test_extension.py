@@ -116,7 +116,10 @@ def _fake_modules(models_path: Path) -> dict[str, types.ModuleType]:
     callbacks: dict[str, list[Any]] = {"infotext_pasted": [], "ui_settings": [], "before_ui": [], "app_started": []}
     mods = {name: types.ModuleType(name) for name in
             ("modules", "modules.scripts", "modules.script_callbacks", "modules.shared", "modules.devices", "modules.paths",
-             "modules.call_queue")}  # fmt: skip
+             "modules.call_queue", "modules.images", "modules.infotext_utils")}  # fmt: skip
+    # What ✨ (upscale one image) reads: the image's own infotext, as A1111 1.10 and Forge do.
+    mods["modules.images"].read_info_from_image = lambda image: (image.info.get("parameters"), {})  # type: ignore[attr-defined]
+    mods["modules.infotext_utils"].parse_generation_parameters = lambda text: parse_infotext(text)  # type: ignore[attr-defined]
     mods["modules.scripts"].Script = FakeScript  # type: ignore[attr-defined]
     mods["modules.scripts"].AlwaysVisible = object()  # type: ignore[attr-defined]
     mods["modules.scripts"].scripts_data = []  # type: ignore[attr-defined]
@@ -438,6 +441,34 @@ def test_infotext_round_trip_reproduces_the_expansion(webui, tiny_model_dir):
         assert pasted == {**dict(zip([f.name for f in fields()], args)), "seed": pasted["seed"]}
         again = run(webui, P(params["Prompt"], seed=p.all_seeds[index]), [pasted[f.name] for f in fields()])
         assert again.all_prompts == [p.all_prompts[index]]
+
+
+@pytest.mark.parametrize("timing", ["after", "before"])
+def test_upscaling_one_image_reuses_its_expansion(webui, tiny_model_dir, timing: str):
+    """✨ runs the script again with the UI's arguments (TIPO seed -1, per batch here) and the
+    image's seed only: the image's own expansion is reused, not a new one, and the upscaled
+    image's infotext keeps the original prompt and settings."""
+    args = values(tiny_model_dir, seed=-1, presampling="per_batch", timing=timing)
+    p = run(webui, P("1girl, solo", batch_size=2, n_iter=2, enable_hr=True), args)
+    index = 3
+    image = types.SimpleNamespace(info={"parameters": infotext(p, index)})
+    upscale = P("1girl, solo", seed=p.all_seeds[index], enable_hr=True)
+    upscale.txt2img_upscale, upscale.firstpass_image = True, image  # type: ignore[attr-defined]
+    run(webui, upscale, args)
+    assert upscale.all_prompts == [p.all_prompts[index]] != ["1girl, solo"]
+    assert upscale.all_hr_prompts == [p.all_hr_prompts[index]]
+    assert upscale.extra_generation_params["TIPO original prompt"] == "1girl, solo"
+    assert upscale.extra_generation_params["TIPO seed"] == str(p.extra_generation_params["TIPO seed"])
+
+
+def test_upscaling_an_image_without_a_tipo_infotext_expands_its_prompt(webui, tiny_model_dir, caplog):
+    args = values(tiny_model_dir, seed=9)
+    upscale = P("1girl, solo", seed=1000, enable_hr=True)
+    upscale.txt2img_upscale, upscale.firstpass_image = True, types.SimpleNamespace(info={})  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING):
+        run(webui, upscale, args)
+    assert upscale.all_prompts == run(webui, P("1girl, solo", seed=1000, enable_hr=True), args).all_prompts
+    assert "records no TIPO expansion" in caplog.text
 
 
 def test_api_infotext_without_the_paste_callback_does_not_expand_twice(webui, tiny_model_dir):

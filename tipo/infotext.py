@@ -18,7 +18,7 @@ from tipo.errors import TipoError
 
 __all__ = [
     "ORIGINAL_PROMPT_KEY", "ORIGINAL_HR_PROMPT_KEY", "ERROR_KEY", "encode_value", "decode_value",
-    "infotext_params", "image_infotext", "restore_original_prompts", "paste_values",
+    "infotext_params", "image_infotext", "restore_original_prompts", "paste_values", "upscale_reuse",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,23 @@ def restore_original_prompts(params: dict[str, Any]) -> None:
     original_hr = params.get(ORIGINAL_HR_PROMPT_KEY)
     if isinstance(original_hr, str):
         params["Hires prompt"] = decode_value(original_hr)
+
+
+def upscale_reuse(params: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
+    """What ✨ (upscale one image) must reuse: ``(prompt, hires prompt, TIPO entries)`` of the
+    image, from its parsed infotext; None when TIPO did not expand that image.
+
+    Why: ✨ runs the script again with the arguments in the UI and only the image's own seed,
+    so a random TIPO seed, per-batch presampling or a changed control would expand the typed
+    prompt anew and upscale a different prompt than the image was made with. The image's
+    infotext holds its expansion (the prompt) and the TIPO settings; reusing them needs no model.
+    """
+    prompt, original = params.get("Prompt"), params.get(ORIGINAL_PROMPT_KEY)
+    if spec("enabled").infotext not in params or not isinstance(prompt, str) or not isinstance(original, str):
+        return None
+    hires = params.get("Hires prompt")
+    carried = {key: value for key, value in params.items() if isinstance(key, str) and key.startswith("TIPO")}
+    return prompt, hires if isinstance(hires, str) and hires else prompt, carried
 
 
 def paste_values(params: Mapping[str, Any]) -> dict[str, Any]:
