@@ -163,9 +163,12 @@ def block_draws_equal_step_draws() -> bool:
 
 @pytest.mark.skipif(not block_draws_equal_step_draws(), reason="block and per-step draws differ in this torch")
 def test_sampled_tokens_equal_hf_engine(tiny_llama, engine) -> None:
-    """Both engines draw from the same per-row generators, so the same logits give the same text."""
+    """Both engines draw from the same per-row generators, so the same logits give the same text:
+    exactly with whole-vocabulary sampling, and here with the default candidate sampling too."""
     requests = sampled_rows()
-    assert engine.generate(requests) == HFEngine(tiny_llama, TIPO_IDS).generate(requests)
+    expected = HFEngine(tiny_llama, TIPO_IDS).generate(requests)
+    assert FastEngine(engine.weights, TIPO_IDS, candidates=False).generate(requests) == expected
+    assert engine.generate(requests) == expected
 
 
 def test_batched_rows_equal_rows_alone(engine) -> None:
@@ -400,7 +403,7 @@ def test_prefill_groups_bounded_by_attention_scores_give_the_same_tokens(tiny_ll
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["one setting", "a setting per row"])
 def test_candidate_sampling_keeps_and_draws_what_whole_vocabulary_sampling_does(mixed: bool) -> None:
-    """warp_candidates (the CUDA default) against warp_logits (transformers' processors): the
+    """warp_candidates (the engine's default) against warp_logits (transformers' processors): the
     same tokens survive with the same values, and the same noise draws the same token."""
     generator = torch.Generator().manual_seed(4)
     logits = torch.randn(6, 32013, generator=generator) * 3
@@ -427,6 +430,11 @@ def test_candidate_sampling_keeps_and_draws_what_whole_vocabulary_sampling_does(
 
 
 def test_candidate_sampling_engine_writes_the_same_tokens(engine: FastEngine) -> None:
-    """The engine with candidate sampling (forced here on the CPU) writes what it writes without."""
-    requests = [r for r in sampled_rows() if r.sampling.top_k > 0]
-    assert FastEngine(engine.weights, TIPO_IDS, candidates=True).generate(requests) == engine.generate(requests)
+    """The engine with candidate sampling (the default) writes what it writes without, rows
+    without top-k included (a mixed batch samples those over the whole vocabulary), and a row
+    of a mixed batch writes what it writes alone."""
+    requests = sampled_rows()
+    assert any(r.sampling.top_k == 0 for r in requests) and any(r.sampling.top_k > 0 for r in requests)
+    together = engine.generate(requests)
+    assert FastEngine(engine.weights, TIPO_IDS, candidates=False).generate(requests) == together
+    assert [engine.generate([r])[0] for r in requests] == together

@@ -105,7 +105,7 @@ class FastEngine:
     ``banned_ids`` are never generated. ``use_cuda_graph`` defaults to "on CUDA";
     ``stop_check_every`` to :data:`STOP_CHECK_EVERY` for the device (1 elsewhere); ``kernels``
     (the Triton decode step) to "on CUDA where Triton works"; ``candidates`` (sampling over the
-    top-k only, :func:`tipo.engine.sampling.warp_candidates`) to "on CUDA". Calls are
+    top-k only, :func:`tipo.engine.sampling.warp_candidates`) to on. Calls are
     serialised by a lock: one cache, one batch at a time.
     """
 
@@ -154,9 +154,9 @@ class FastEngine:
         # None: on where they can run, after a check against the torch path on first use.
         self._kernels = kernels is not False and on_cuda and kernel_module.available() and kernels_support(weights.shape)
         self._kernels_checked = kernels is True or not self._kernels
-        # Sampling over the top-k candidates (sampling.warp_candidates): not bit-exact with
-        # transformers, so by default only where nothing is (CUDA).
-        self._candidates = on_cuda if candidates is None else bool(candidates)
+        # Sampling over the top-k candidates (sampling.warp_candidates); False: transformers'
+        # processors over the whole vocabulary, token for token.
+        self._candidates = True if candidates is None else bool(candidates)
         self._token_ids = token_ids
         self._options: dict[str, Any] = {  # for to(): what the caller chose, not what this device implied
             "context_length": self.context_length,

@@ -153,15 +153,16 @@ def warp_candidates(
     scores: torch.Tensor, params: RowParams, banned: torch.Tensor, seen: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`warp_logits` over each row's top-k candidates only: (filtered float32 logits
-    ``[B, K]``, their token ids ``[B, K]``), K = ``params.max_top_k``; needs every row's
-    ``top_k > 0`` (``params.all_top_k``).
+    ``[B, K]``, their token ids ``[B, K]``), K = ``params.max_top_k``; rows with ``top_k == 0``
+    get meaningless values here (the engine samples those over the whole vocabulary).
 
     Why: top-p and min-p over the whole vocabulary sort and softmax 32,000 values per row per
-    step, a third of a GPU decode step; after top-k every other token is ``-inf`` anyway. The
-    kept tokens and their probabilities are the same as :func:`warp_logits` gives, but for
-    summation order (ulps), and ties at the k-th value: transformers keeps every token tied
-    with it, this keeps K. So the CPU engine, which must match transformers exactly, does not
-    use it.
+    step: a third of a GPU decode step, a fifth of a CPU one at batch 1; after top-k every other
+    token is ``-inf`` anyway. The kept tokens and their probabilities are the ones
+    :func:`warp_logits` (transformers' processors) gives, but for summation order (an ulp) and
+    ties at the k-th value (transformers keeps every token tied with it, this keeps K), so a
+    sample can differ in rare near-ties; ``FastEngine(candidates=False)`` samples exactly as
+    transformers and :class:`tipo.engine.hf.HFEngine` do.
     """
     import torch
 

@@ -106,8 +106,11 @@ class StepBuffers:
         k = self.step_index
         banned = torch.where(k < MIN_NEW_TOKENS, self.banned_with_eos, self.banned)
         noise = self.noise[self.row_index, k % NOISE_BLOCK]
-        if candidates and params.all_top_k:
+        if candidates and params.max_top_k > 0:
             token = race_candidates(*warp_candidates(self.logits, params, banned, self.seen), noise)  # [R]
+            if not params.all_top_k:  # rows without top-k sample over the whole vocabulary, as they would alone
+                whole = race(warp_logits(self.logits, None, None, params, banned, seen=self.seen), noise)
+                token = torch.where(params.top_k > 0, token, whole)
         else:
             token = race(warp_logits(self.logits, None, None, params, banned, seen=self.seen), noise)  # [R]
         self.out[self.row_index, k] = token
