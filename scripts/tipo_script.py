@@ -159,7 +159,10 @@ def _upscaled_expansion(p: Any) -> tuple[str, str, dict[str, Any]] | None:
         from modules import images, infotext_utils
 
         text, _items = images.read_info_from_image(p.firstpass_image)
-        reused = extension.upscale_reuse(infotext_utils.parse_generation_parameters(text)) if text else None
+        params = infotext_utils.parse_generation_parameters(text) if text else {}
+        if text:  # the WebUI's parser may strip style text from the prompt
+            params = {**params, "Prompt": extension.written_prompt(text)}
+        reused = extension.upscale_reuse(params) if text else None
     except (ImportError, AttributeError, OSError, ValueError, TypeError) as error:  # an older WebUI, an unreadable file
         logger.warning("TIPO: cannot read the infotext of the image to upscale (%s)", error)
         reused = None

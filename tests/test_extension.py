@@ -461,6 +461,27 @@ def test_upscaling_one_image_reuses_its_expansion(webui, tiny_model_dir, timing:
     assert upscale.extra_generation_params["TIPO seed"] == str(p.extra_generation_params["TIPO seed"])
 
 
+def test_upscaling_reuses_the_whole_expansion_when_the_webui_parser_strips_style_text(webui, tiny_model_dir, monkeypatch):
+    """A1111's parser removes the text of known styles from ``Prompt``; the expansion that is
+    reused is the prompt as the infotext wrote it."""
+    args = values(tiny_model_dir, seed=-1)
+    p = run(webui, P("1girl, solo", enable_hr=True), args)
+    text = infotext(p, 0)
+    stripping = lambda text: {**parse_infotext(text), "Prompt": "1girl"}  # noqa: E731
+    monkeypatch.setattr(sys.modules["modules.infotext_utils"], "parse_generation_parameters", stripping)
+    upscale = P("1girl, solo", seed=p.all_seeds[0], enable_hr=True)
+    upscale.txt2img_upscale, upscale.firstpass_image = True, types.SimpleNamespace(info={"parameters": text})  # type: ignore[attr-defined]
+    run(webui, upscale, args)
+    assert upscale.all_prompts == p.all_prompts
+
+
+def test_written_prompt_is_the_text_before_the_negative_prompt_and_the_settings():
+    text = "1girl, (solo:1.2),\nnote: a, b\nNegative prompt: bad, worse\nSteps: 20, Seed: 5, Size: 64x64"
+    assert extension.written_prompt(text) == "1girl, (solo:1.2),\nnote: a, b"
+    assert extension.written_prompt("a prompt, with: a colon") == "a prompt, with: a colon"
+    assert extension.written_prompt("p\nSteps: 20, Seed: 1, Size: 64x64") == "p"
+
+
 def test_upscaling_an_image_without_a_tipo_infotext_expands_its_prompt(webui, tiny_model_dir, caplog):
     args = values(tiny_model_dir, seed=9)
     upscale = P("1girl, solo", seed=1000, enable_hr=True)

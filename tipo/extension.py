@@ -31,6 +31,7 @@ from tipo.infotext import (
     paste_values,
     restore_original_prompts,
     upscale_reuse,
+    written_prompt,
 )
 from tipo.pipeline import Expansion
 from tipo.request import resolve_seed
@@ -48,7 +49,7 @@ __all__ = [
     "webui_control", "progress_text", "preview",
     # re-exported from tipo.infotext and tipo.settings, where they live
     "ORIGINAL_PROMPT_KEY", "ORIGINAL_HR_PROMPT_KEY", "ERROR_KEY", "encode_value", "decode_value",
-    "infotext_params", "paste_values", "restore_original_prompts", "upscale_reuse", "ExpanderPool", "Setting", "SETTINGS",
+    "infotext_params", "paste_values", "restore_original_prompts", "upscale_reuse", "written_prompt", "ExpanderPool", "Setting", "SETTINGS",
     "environment_report",
 ]  # fmt: skip
 

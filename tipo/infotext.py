@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Mapping, Sequence
 
 from tipo.args import TipoArgs, fields, spec
@@ -19,9 +20,14 @@ from tipo.errors import TipoError
 __all__ = [
     "ORIGINAL_PROMPT_KEY", "ORIGINAL_HR_PROMPT_KEY", "ERROR_KEY", "encode_value", "decode_value",
     "infotext_params", "image_infotext", "restore_original_prompts", "paste_values", "upscale_reuse",
+    "written_prompt",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
+
+#: One ``key: value`` pair of an infotext's settings line (the WebUIs' own rule: a line with
+#: fewer than three is still prompt text).
+_SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 ORIGINAL_PROMPT_KEY = "TIPO original prompt"
 ORIGINAL_HR_PROMPT_KEY = "TIPO original hires prompt"
@@ -93,6 +99,21 @@ def restore_original_prompts(params: dict[str, Any]) -> None:
     original_hr = params.get(ORIGINAL_HR_PROMPT_KEY)
     if isinstance(original_hr, str):
         params["Hires prompt"] = decode_value(original_hr)
+
+
+def written_prompt(infotext: str) -> str:
+    """The prompt of an infotext as it was written: the lines before ``Negative prompt:`` and
+    the settings line. The WebUIs' parser may strip style text from its ``Prompt``; an
+    expansion must come back whole."""
+    *lines, last = infotext.strip().split("\n")
+    if len(_SETTING.findall(last)) < 3:
+        lines.append(last)
+    prompt = []
+    for line in lines:
+        if line.strip().startswith("Negative prompt:"):
+            break
+        prompt.append(line.strip())
+    return "\n".join(prompt).strip()
 
 
 def upscale_reuse(params: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
