@@ -480,6 +480,8 @@ def test_written_prompt_is_the_text_before_the_negative_prompt_and_the_settings(
     assert extension.written_prompt(text) == "1girl, (solo:1.2),\nnote: a, b"
     assert extension.written_prompt("a prompt, with: a colon") == "a prompt, with: a colon"
     assert extension.written_prompt("p\nSteps: 20, Seed: 1, Size: 64x64") == "p"
+    # A line of the expansion ending in a space keeps it (found in a real A1111 with ✨).
+    assert extension.written_prompt("a, b \n\nc \nSteps: 20, Seed: 1, Size: 64x64") == "a, b \n\nc "
 
 
 def test_upscaling_an_image_without_a_tipo_infotext_expands_its_prompt(webui, tiny_model_dir, caplog):

@@ -103,17 +103,17 @@ def restore_original_prompts(params: dict[str, Any]) -> None:
 
 def written_prompt(infotext: str) -> str:
     """The prompt of an infotext as it was written: the lines before ``Negative prompt:`` and
-    the settings line. The WebUIs' parser may strip style text from its ``Prompt``; an
-    expansion must come back whole."""
+    the settings line, their spaces kept. The WebUIs' parser strips each line and may strip
+    style text from its ``Prompt``; an expansion must come back byte for byte."""
     *lines, last = infotext.strip().split("\n")
     if len(_SETTING.findall(last)) < 3:
         lines.append(last)
     prompt = []
     for line in lines:
-        if line.strip().startswith("Negative prompt:"):
+        if line.lstrip().startswith("Negative prompt:"):
             break
-        prompt.append(line.strip())
-    return "\n".join(prompt).strip()
+        prompt.append(line)
+    return "\n".join(prompt)
 
 
 def upscale_reuse(params: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
