@@ -67,6 +67,8 @@ def prefill(
     if kernels:
         h = k.rms_norm(x, w.layers[0].attn_norm, s.rms_norm_eps)
     norms = [layer.attn_norm for layer in w.layers[1:]] + [w.norm]
+    # Positions a query may not see, built once for every layer ([W, W], True above the diagonal).
+    future = None if sdpa else torch.ones(packed.width, packed.width, dtype=torch.bool, device=x.device).triu(1)
     for index, (layer, next_norm) in enumerate(zip(w.layers, norms)):
         normed = h if kernels else _rms_norm(x, layer.attn_norm, s.rms_norm_eps)
         q, k_, v = F.linear(normed, layer.qkv).split([H * D, K * D, K * D], -1)
@@ -79,7 +81,8 @@ def prefill(
         if sdpa:
             out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, is_causal=True)
         else:
-            out = _causal_attention(queries.transpose(1, 2), keys, values)
+            assert future is not None
+            out = _causal_attention(queries.transpose(1, 2), keys, values, future)
         out = out.transpose(1, 2)[packed.local, packed.positions].reshape(T, H * D)  # [T, H * D]
         if kernels:
             h = k.add_rms_norm_(x, F.linear(out, layer.o), layer.mlp_norm, s.rms_norm_eps)
@@ -92,11 +95,11 @@ def prefill(
     return _logits(w, x[packed.last])
 
 
-def _causal_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(D), causal) v`` over ``[G, H, W, D]``, softmax in float32."""
-    width = queries.shape[2]
+def _causal_attention(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, future: torch.Tensor
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(D)) v`` over ``[G, H, W, D]``, ``future`` masked, softmax in float32."""
     scores = torch.matmul(queries, keys.transpose(-1, -2)) * (1.0 / math.sqrt(queries.shape[-1]))  # [G, H, W, W]
-    future = torch.ones(width, width, dtype=torch.bool, device=queries.device).triu(1)
     probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32)
     return torch.matmul(probs.to(queries.dtype), values)
 
