@@ -13,6 +13,7 @@ Random-init weights of the real architectures (as ``engine_bench.py``), fp16.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 from collections import Counter
@@ -99,15 +100,38 @@ def tune(arch: str) -> None:
                         qkv, cache_k, cache_v, positions, table, table, heads, heads, block=block, warps=warps))
                     figures.append(f"{block}/{warps}: {micros:.2f}")
             print(f"attention {arch} b={rows} pos={length} µs (block/warps): " + ", ".join(figures), flush=True)
+    shapes = ((3 * hidden, hidden), (hidden, hidden), (2 * inter, hidden), (hidden, inter), (32013, hidden))
     for rows in (1, 8, 32):
-        for n, k in ((3 * hidden, hidden), (hidden, hidden), (2 * inter, hidden), (hidden, inter)):
+        for n, k in shapes:
             x = torch.randn(rows, k, device="cuda", dtype=half)
-            weight = torch.randn(n, k, device="cuda", dtype=half)
-            ways = {"linear": lambda: F.linear(x, weight), "matmul W x^T": lambda: (weight @ x.t())}
-            if rows == 1:
-                ways["mv"] = lambda: torch.mv(weight, x[0])
+            # Copies enough to overflow the L2 cache, taken in turn: a decode step streams its
+            # weights from HBM, and one weight timed alone stays in L2 and flatters small blocks.
+            weights = [torch.randn(n, k, device="cuda", dtype=half) / k**0.5 for _ in range(max(1, (256 << 20) // (n * k * 2)))]
+            turn = itertools.cycle(weights)
+            ways = {"F.linear": lambda: F.linear(x, next(turn)), "kernels.linear": lambda: kernels.linear(x, next(turn))}
             line = ", ".join(f"{name} {time_cuda(call):.2f}" for name, call in ways.items())
-            print(f"matmul {arch} b={rows} [{n}x{k}] µs: {line}  (floor {n * k * 2 / 3.0e12 * 1e6:.2f} at 3 TB/s)", flush=True)
+            choices = itertools.product((4, 8, 16, 32), (128, 256, 512, 1024), (4, 8)) if rows == 1 else itertools.product((16, 32, 64, 128), (64, 128, 256, 512), (2, 4, 8))
+            figures = []
+            for blocks in choices:
+                try:
+                    figures.append((time_cuda(lambda: kernels.linear(x, next(turn), blocks=blocks), repeat=50), blocks))
+                except Exception as error:  # a block too large for the registers or shared memory
+                    print(f"  {blocks}: {type(error).__name__}")
+            best = sorted(figures)[:4]
+            print(f"matmul {arch} b={rows} [{n}x{k}] µs, weights from HBM: {line}  (floor {n * k * 2 / 3.0e12 * 1e6:.2f} at 3 TB/s); "
+                  "best (outputs, reduction, warps): " + ", ".join(f"{b} {m:.2f}" for m, b in best), flush=True)
+    for dtype in (torch.float16, torch.bfloat16):  # each fused form against its torch composition
+        x, gate_up = torch.randn(8, hidden, device="cuda", dtype=dtype), torch.randn(8, 2 * inter, device="cuda", dtype=dtype)
+        weight, down = torch.randn(3 * hidden, hidden, device="cuda", dtype=dtype) / 30, torch.randn(hidden, inter, device="cuda", dtype=dtype) / 60
+        norm = torch.rand(hidden, device="cuda", dtype=dtype) + 0.5
+        pairs = {
+            "plain": (kernels.linear(x, weight), F.linear(x, weight)),
+            "norm": (kernels.linear(x, weight, norm=norm, eps=1e-6), F.linear(kernels.rms_norm(x, norm, 1e-6), weight)),
+            "silu": (kernels.linear(gate_up, down, silu=True), F.linear(kernels.silu_mul(gate_up), down)),
+            "alone": (kernels.linear(x[3:4], weight)[0], kernels.linear(x, weight)[3]),
+        }
+        errors = ", ".join(f"{name} {float((a.float() - b.float()).abs().max()):.3g}" for name, (a, b) in pairs.items())
+        print(f"kernels.linear {dtype} max abs difference from torch: {errors}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -359,7 +359,8 @@ def test_the_kernel_check_keeps_the_torch_path_when_kernels_fail(
 
         monkeypatch.setattr(kernels, "rotary_attention", broken)
     elif fault == "wrong numbers":
-        monkeypatch.setattr(kernels, "silu_mul", lambda gate_up: torch.zeros_like(gate_up[:, : gate_up.shape[1] // 2]))
+        right = kernels.linear
+        monkeypatch.setattr(kernels, "linear", lambda x, weight, **kw: right(x, weight.flip(0), **kw))
     with caplog.at_level(logging.WARNING, logger="tipo.engine.fast"):
         passed = engine._check_kernels()
     assert passed == (fault == "none")
@@ -438,3 +439,51 @@ def test_candidate_sampling_engine_writes_the_same_tokens(engine: FastEngine) ->
     together = engine.generate(requests)
     assert FastEngine(engine.weights, TIPO_IDS, candidates=False).generate(requests) == together
     assert [engine.generate([r])[0] for r in requests] == together
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no Triton")
+@pytest.mark.parametrize("rows", [1, 20], ids=["one row (CUDA cores)", "20 rows (tensor cores)"])
+def test_kernel_linear_fuses_norm_silu_and_residual(rows: int) -> None:
+    """kernels.linear against its torch composition for each fused form, weights of 37 x 200 so
+    that blocks are partial on both sides. float16 only: Triton 3.9's CPU interpreter misreads
+    bfloat16 in ``tl.dot`` (the engine's first-use check and profile_step.py --tune cover
+    bfloat16 on a GPU)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, 200, generator=generator).half()
+    gate_up = torch.randn(rows, 400, generator=generator).half()
+    weight = (torch.randn(37, 200, generator=generator) / 10).half()
+    norm = (torch.rand(200, generator=generator) + 0.5).half()
+    residual = torch.randn(rows, 37, generator=generator).half()
+    F = torch.nn.functional
+    blocks = (16, 64, 4)
+    forms = {
+        "plain": (kernels.linear(x, weight, blocks=blocks), F.linear(x, weight)),
+        "norm": (kernels.linear(x, weight, norm=norm, eps=1e-5, blocks=blocks),
+                 F.linear(kernels.rms_norm(x, norm, 1e-5), weight)),
+        "silu": (kernels.linear(gate_up, weight, silu=True, blocks=blocks), F.linear(kernels.silu_mul(gate_up), weight)),
+        "residual": (kernels.linear(x, weight, residual=residual.clone(), blocks=blocks), residual + F.linear(x, weight)),
+        "float32 out": (kernels.linear(x, weight, out_dtype=torch.float32, blocks=blocks), F.linear(x, weight).float()),
+    }  # fmt: skip
+    for name, (ours, theirs) in forms.items():
+        assert ours.dtype == theirs.dtype, name
+        torch.testing.assert_close(ours, theirs, atol=2e-2, rtol=1e-2, msg=name)
+    updated = residual.clone()
+    assert kernels.linear(x, weight, residual=updated) is updated  # in place
+    with pytest.raises(ValueError, match="silu needs"):
+        kernels.linear(x, weight, silu=True)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no Triton")
+def test_kernel_linear_rows_do_not_depend_on_the_batch_beyond_one_row() -> None:
+    """From two rows on, a row's product is bit-equal whatever the batch (2, 20: one or two
+    blocks of rows): batch invariance of the CUDA decode step rests on it. A single row runs
+    another kernel (faster), equal to rounding only: see benchmarks/README.md for how often
+    that changes a sample."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(20, 200, generator=generator).half()
+    weight = (torch.randn(37, 200, generator=generator) / 10).half()
+    norm = (torch.rand(200, generator=generator) + 0.5).half()
+    batched = kernels.linear(x, weight, norm=norm, eps=1e-5, blocks=(16, 64, 4))
+    for first in (0, 7, 18):
+        pair = kernels.linear(x[first : first + 2], weight, norm=norm, eps=1e-5, blocks=(16, 64, 4))
+        assert torch.equal(pair, batched[first : first + 2]), first

@@ -13,7 +13,7 @@ The shape follows gpt-fast (style sheet, section 8), plus what a WebUI batch nee
   included, is captured in one CUDA graph per (batch bucket, length bucket, sampling signature)
   and replayed; if capture fails the engine warns once and stays eager. No ``torch.compile``,
   no transformers cache class: torch 2.1+ and transformers 4.30.2+ are enough.
-- **Triton kernels** (:mod:`tipo.engine.kernels`) where Triton imports, on CUDA: eight kernels
+- **Triton kernels** (:mod:`tipo.engine.kernels`) where Triton imports, on CUDA: five kernels
   a layer instead of about thirty, attention over the positions each row wrote (so one graph
   per batch bucket, whatever the length). Checked against the torch path on the engine's first
   call; if they fail to compile or disagree, the engine logs why and keeps the torch path.
@@ -145,14 +145,14 @@ class FastEngine:
         self._check_every = int(stop_check_every)
         if self._check_every < 1:
             raise InvalidArgument(f"stop_check_every={stop_check_every!r} (must be >= 1)")
-        if kernels and not (on_cuda and kernel_module.available() and kernels_support(weights.shape)):
+        if kernels and not (on_cuda and kernel_module.available() and kernels_support(weights.shape, weights.dtype)):
             raise InvalidArgument(
-                "kernels=True needs CUDA weights, Triton and a power-of-two head size "
+                "kernels=True needs CUDA half-precision weights, Triton and a power-of-two head size "
                 f"(device {weights.device}, Triton {'present' if kernel_module.available() else 'missing'}, "
-                f"head size {weights.shape.head_dim})"
+                f"dtype {weights.dtype}, head size {weights.shape.head_dim})"
             )
         # None: on where they can run, after a check against the torch path on first use.
-        self._kernels = kernels is not False and on_cuda and kernel_module.available() and kernels_support(weights.shape)
+        self._kernels = kernels is not False and on_cuda and kernel_module.available() and kernels_support(weights.shape, weights.dtype)
         self._kernels_checked = kernels is True or not self._kernels
         # Sampling over the top-k candidates (sampling.warp_candidates); False: transformers'
         # processors over the whole vocabulary, token for token.

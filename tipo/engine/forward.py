@@ -129,7 +129,7 @@ def decode_step(
     PyTorch's attention kernel, residual adds inside the matrix products, fused RMSNorm where
     torch has it. Off, the arithmetic is transformers' own, which keeps CPU rows batch-invariant.
     ``kernels`` runs each layer with the Triton kernels of :mod:`tipo.engine.kernels` instead
-    (eight kernels a layer; attention reads positions ``<= position`` only, ``length`` unused).
+    (five kernels a layer; attention reads positions ``<= position`` only, ``length`` unused).
     """
     if kernels:
         return _kernel_step(w, cache, tokens, positions)
@@ -200,20 +200,19 @@ def _kernel_step(w: LlamaWeights, cache: KVCache, tokens: torch.Tensor, position
     """:func:`decode_step` over the Triton kernels (see :mod:`tipo.engine.kernels`)."""
     from tipo.engine import kernels
 
-    s = w.shape
+    s, eps = w.shape, w.shape.rms_norm_eps
     x = w.embed[tokens]  # [B, hidden], a new tensor: the residual stream, updated in place
-    h = kernels.rms_norm(x, w.layers[0].attn_norm, s.rms_norm_eps)
-    norms = [layer.attn_norm for layer in w.layers[1:]] + [w.norm]  # each layer's last add feeds the next norm
-    for index, (layer, next_norm) in enumerate(zip(w.layers, norms)):
-        qkv = F.linear(h, layer.qkv)
+    for index, layer in enumerate(w.layers):
+        qkv = kernels.linear(x, layer.qkv, norm=layer.attn_norm, eps=eps)
         out = kernels.rotary_attention(qkv, cache.k[index], cache.v[index], positions, w.cos, w.sin,
                                        s.num_heads, s.num_kv_heads)  # fmt: skip
-        h = kernels.add_rms_norm_(x, F.linear(out, layer.o), layer.mlp_norm, s.rms_norm_eps)
-        h = kernels.add_rms_norm_(x, F.linear(kernels.silu_mul(F.linear(h, layer.gate_up)), layer.down),
-                                  next_norm, s.rms_norm_eps)  # fmt: skip
-    return F.linear(h, w.lm_head).float()
+        kernels.linear(out, layer.o, residual=x)
+        gate_up = kernels.linear(x, layer.gate_up, norm=layer.mlp_norm, eps=eps)
+        kernels.linear(gate_up, layer.down, silu=True, residual=x)
+    return kernels.linear(x, w.lm_head, norm=w.norm, eps=eps, out_dtype=torch.float32)
 
 
-def kernels_support(shape: LlamaShape) -> bool:
-    """Whether :func:`decode_step`'s ``kernels`` path handles this shape (a power-of-two head size)."""
-    return shape.head_dim > 1 and shape.head_dim & (shape.head_dim - 1) == 0
+def kernels_support(shape: LlamaShape, dtype: torch.dtype) -> bool:
+    """Whether :func:`decode_step`'s ``kernels`` path handles these weights: a power-of-two head
+    size, half-precision weights (``tl.dot`` would round float32 to tf32)."""
+    return shape.head_dim > 1 and shape.head_dim & (shape.head_dim - 1) == 0 and dtype in (torch.float16, torch.bfloat16)

@@ -1,13 +1,15 @@
-"""Triton kernels for the CUDA decode step: three kernels that stand for about twenty of torch's.
+"""Triton kernels for the CUDA decode step: five kernels a layer where torch launches about thirty.
 
 Why: one decode step of a 200M-500M model reads its weights in about 0.1-0.3 ms on an H100 but
 launches some thirty kernels per layer when written with torch operations, each costing a few
 microseconds even replayed from a CUDA graph, so a step is bound by launches, not by memory.
-Per layer these kernels leave eight: the q/k/v product (cuBLAS), :func:`rotary_attention`
-(rotary embedding of q and k, the cache write and the attention, in one kernel that reads only
-the cache positions a row has written), the output product (cuBLAS), :func:`add_rms_norm_`
-(residual add and RMSNorm), the gate/up product (cuBLAS), :func:`silu_mul`, the down product
-(cuBLAS), :func:`add_rms_norm_` again (with the next layer's norm).
+Per layer these kernels leave five: :func:`linear` for the q/k/v product (with the RMSNorm
+before it), :func:`rotary_attention` (rotary embedding of q and k, the cache write and the
+attention, in one kernel that reads only the cache positions a row has written), :func:`linear`
+for the output product (adding into the residual stream), for the gate/up product (with the
+RMSNorm) and for the down product (with SiLU×up before it and the residual add after). The
+prefill, many tokens at once, keeps cuBLAS and uses :func:`rms_norm`, :func:`add_rms_norm_`
+and :func:`silu_mul` around it.
 
 Optional: Triton ships with torch's Linux CUDA wheels but not on Windows or macOS, and needs a C
 compiler at its first launch. :func:`available` says whether it imports; the engine checks the
@@ -19,6 +21,7 @@ order differs. Only the features of Triton 2.1 (torch 2.1, A1111) are used.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -30,7 +33,7 @@ except ImportError:  # Windows, macOS, CPU-only wheels
     triton = None
     tl = None
 
-__all__ = ["add_rms_norm_", "available", "rms_norm", "rotary_attention", "silu_mul"]
+__all__ = ["add_rms_norm_", "available", "linear", "rms_norm", "rotary_attention", "silu_mul"]
 
 #: Cache positions one step of the attention loop reads per row and head, and warps per program
 #: (one program per row and head). Measured on an H100, TIPO-200M shapes (profile_step.py
@@ -40,6 +43,11 @@ ATTENTION_BLOCK = 128
 ATTENTION_WARPS = 8
 #: Elements of the intermediate vector one program of :func:`silu_mul` handles.
 SILU_BLOCK = 1024
+#: Rows one program of :func:`linear` computes: ``tl.dot``'s smallest tile; a batch of up to 16
+#: rows costs one pass over the weights.
+LINEAR_ROWS = 16
+#: Products this wide (the logits) run on tensor cores even for one row (measured faster).
+ROW_LINEAR_MAX_OUTPUTS = 16384
 
 
 def available() -> bool:
@@ -128,6 +136,82 @@ if triton is not None:
         tl.store(out_ptr + row * (H * D) + head * D + d, (acc / total).to(out_ptr.dtype.element_ty))
 
     @triton.jit
+    def _linear_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, w_ptr, out_ptr, norm_ptr, rows, n, k, x_stride, eps,
+        PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """``out[m, :] (+)= norm(x[m]) @ w.T`` for a block of rows and outputs, on tensor cores."""
+        m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok = m < rows
+        n_ok = cols < n
+        dtype = x_ptr.dtype.element_ty
+        x_rows = x_ptr + m[:, None] * x_stride
+        if PROLOGUE == 1:  # RMSNorm of the row: its sum of squares first
+            squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for start in range(0, k, BLOCK_K):
+                kk = start + tl.arange(0, BLOCK_K)
+                part = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & (kk < k)[None, :], other=0.0).to(tl.float32)
+                squares += tl.sum(part * part, axis=1)
+            root = tl.sqrt(squares / k + eps)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for start in range(0, k, BLOCK_K):
+            kk = start + tl.arange(0, BLOCK_K)
+            k_ok = kk < k
+            mask = m_ok[:, None] & k_ok[None, :]
+            a = tl.load(x_rows + kk[None, :], mask=mask, other=0.0)
+            if PROLOGUE == 1:
+                scale = tl.load(norm_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+                a = (scale[None, :] * (a.to(tl.float32) / root[:, None]).to(dtype).to(tl.float32)).to(dtype)
+            weight = tl.load(w_ptr + cols[None, :] * k + kk[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc += tl.dot(a, weight)
+        y = acc.to(dtype)  # the product rounded as cuBLAS returns it
+        target = out_ptr + m[:, None] * n + cols[None, :]
+        mask = m_ok[:, None] & n_ok[None, :]
+        if RESIDUAL:  # the residual stream, updated in place as torch's add rounds it
+            y = (tl.load(target, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(dtype)
+        tl.store(target, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _row_linear_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, w_ptr, out_ptr, norm_ptr, n, k, x_stride, eps,
+        PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """``out[row, :] (+)= prologue(x[row]) @ w.T`` for one row and a block of outputs, on CUDA
+        cores: each thread keeps its partial sums to the end, so the weights stream at full rate.
+        The RMSNorm scale divides the finished sums (one pass over ``x``)."""
+        row = tl.program_id(1)
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = cols < n
+        dtype = x_ptr.dtype.element_ty
+        x_row = x_ptr + row * x_stride
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for start in range(0, k, BLOCK_K):
+            kk = start + tl.arange(0, BLOCK_K)
+            k_ok = kk < k
+            if PROLOGUE == 2:  # silu(gate) * up, x being [rows, 2k] (gate first), rounded as torch rounds
+                gate = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32)
+                up = tl.load(x_row + k + kk, mask=k_ok, other=0.0).to(tl.float32)
+                a = ((gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up).to(dtype).to(tl.float32)
+            else:
+                a = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32)
+                if PROLOGUE == 1:
+                    squares += a * a
+                    a = a * tl.load(norm_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+            weight = tl.load(w_ptr + cols[:, None] * k + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            acc += weight.to(tl.float32) * a[None, :]
+        y = tl.sum(acc, axis=1)
+        if PROLOGUE == 1:
+            y = y / tl.sqrt(tl.sum(squares, axis=0) / k + eps)
+        y = y.to(dtype)
+        target = out_ptr + row * n + cols
+        if RESIDUAL:
+            y = (tl.load(target, mask=n_ok, other=0.0).to(tl.float32) + y.to(tl.float32)).to(dtype)
+        tl.store(target, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+    @triton.jit
     def _silu_mul_kernel(gate_up_ptr, out_ptr, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
         row = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -191,6 +275,84 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty((rows, n), dtype=gate_up.dtype, device=gate_up.device)
     _silu_mul_kernel[(rows, triton.cdiv(n, SILU_BLOCK))](gate_up, out, n, BLOCK=SILU_BLOCK)
     return out
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+    silu: bool = False,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    blocks: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """``F.linear(x, weight)`` for the few rows of a decode step, with its neighbours fused in.
+
+    ``norm``: ``x`` goes through RMSNorm (``norm`` its weight) first; ``silu``: ``x`` is
+    ``[B, 2 k]`` and goes through :func:`silu_mul` first; ``residual``: the product is added
+    into that ``[B, n]`` in place (and returned), rounded as :func:`add_rms_norm_` adds.
+    ``out_dtype`` (float32 for logits) stores the rounded product wider. Half-precision weights
+    only (``tl.dot`` of float32 would round to tf32).
+
+    Why by hand: at a few rows a product only streams its weights, yet each cuBLAS call took
+    3-5 µs against 0.4-2.4 µs of weight reads for TIPO's shapes on an H100, and the norms, SiLU
+    and residual adds around it were three more launches a layer. One row (a single request)
+    runs on CUDA cores, a program per block of outputs (``_row_linear_kernel``: 2.6-4.2 µs a
+    product, benchmarks/README.md); more rows, and the vocabulary-wide logits product, run on
+    tensor cores in blocks of :data:`LINEAR_ROWS` rows, so a row's sums do not depend on how many
+    rows share its step. ``blocks`` = (outputs, reduction, warps) per program, default tuned.
+    """
+    rows, (n, k) = x.shape[0], weight.shape
+    if silu and x.shape[1] != 2 * k:
+        raise ValueError(f"silu needs [B, {2 * k}] rows, got {tuple(x.shape)}")
+    out = residual if residual is not None else torch.empty((rows, n), dtype=out_dtype or x.dtype, device=x.device)
+    if rows == 1 and n < ROW_LINEAR_MAX_OUTPUTS:
+        block_n, block_k, warps = blocks or row_linear_blocks(n, k)
+        _row_linear_kernel[(triton.cdiv(n, block_n), 1)](
+            x, weight, out, weight if norm is None else norm, n, k, x.stride(0), eps,
+            PROLOGUE=1 if norm is not None else 2 if silu else 0, RESIDUAL=residual is not None,
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        )  # fmt: skip
+        return out
+    if silu:  # on tensor cores the SiLU in the loop cost 3-4x the product (profile_step.py --tune)
+        x = silu_mul(x)
+    block_n, block_k, warps = blocks or linear_blocks(n, k)
+    _linear_kernel[(triton.cdiv(n, block_n), triton.cdiv(rows, LINEAR_ROWS))](
+        x, weight, out, weight if norm is None else norm, rows, n, k, x.stride(0), eps,
+        PROLOGUE=0 if norm is None else 1, RESIDUAL=residual is not None,
+        BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def linear_blocks(n: int, k: int) -> tuple[int, int, int]:
+    """(outputs, reduction, warps) per program of the tensor-core :func:`linear` for an
+    ``[n, k]`` weight: the fastest measured for TIPO-200M/500M shapes (H100, profile_step.py --tune)."""
+    if _interpreted():
+        return _interpreter_blocks(n, k)
+    if k > n:
+        return 16, 256, 2  # the down product
+    if n >= 8 * k:
+        return 64, 64, 4  # the logits
+    return (64, 256, 4) if n >= 4 * k else (32, 256, 4) if n > k else (32, 128, 4)
+
+
+def row_linear_blocks(n: int, k: int) -> tuple[int, int, int]:
+    """(outputs, reduction, warps) per program of the one-row :func:`linear` (as :func:`linear_blocks`)."""
+    if _interpreted():
+        return _interpreter_blocks(n, k)
+    return (4, 256, 8) if k > n else (8, 256, 4)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _interpreter_blocks(n: int, k: int) -> tuple[int, int, int]:
+    """Tests: Triton's CPU interpreter runs programs one by one in Python, so few, large ones."""
+    return min(triton.next_power_of_2(n), 4096), min(triton.next_power_of_2(k), 1024), 4
 
 
 def describe() -> dict[str, Any]:
