@@ -65,8 +65,8 @@ def transformers_last_logits(model, rows: list[list[int]]) -> torch.Tensor:
 
 def assert_forward_matches(model, weights: LlamaWeights, sdpa: bool = True, **step_options: bool) -> None:
     """Prefill then four decode steps, rows of lengths 3..17, against transformers' forward.
-    ``sdpa=False`` writes the prefill attention out (the CUDA default); ``kernels`` applies to
-    the prefill too."""
+    ``sdpa=False`` writes the attention out (the CUDA default); ``kernels`` applies to the
+    prefill too."""
     rows = [list(prompt(seed, n)) for seed, n in ((1, 9), (2, 3), (3, 17), (4, 12))]
     cache = KVCache.allocate(weights.shape, len(rows), 32, weights.device, weights.dtype)
     with torch.no_grad():
@@ -76,16 +76,16 @@ def assert_forward_matches(model, weights: LlamaWeights, sdpa: bool = True, **st
         for step in range(4):
             fed = [3 + 1000 * step + row for row in range(len(rows))]
             positions = torch.tensor([len(r) for r in rows])
-            ours = decode_step(weights, cache, torch.tensor(fed), positions, length=32, **step_options)
+            ours = decode_step(weights, cache, torch.tensor(fed), positions, length=32, sdpa=sdpa, **step_options)
             rows = [r + [t] for r, t in zip(rows, fed)]
             torch.testing.assert_close(ours, transformers_last_logits(model, rows), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(
     "options",
-    [{"fused": False}, {"fused": True}, {"fused": True, "sdpa": False},
+    [{"fused": False}, {"fused": False, "sdpa": False}, {"fused": True}, {"fused": True, "sdpa": False},
      pytest.param({"kernels": True, "sdpa": False}, marks=pytest.mark.skipif(not kernels.available(), reason="no Triton"))],
-    ids=["exact", "fused", "fused, written-out prefill attention", "kernels"],
+    ids=["exact", "exact, written-out attention", "fused", "fused, written-out prefill attention", "kernels"],
 )  # fmt: skip
 def test_forward_equals_transformers_logits(tiny_llama, options: dict) -> None:
     """The fused decode step and the Triton kernels (CUDA paths) are checked here on the CPU too."""
@@ -176,6 +176,22 @@ def test_batched_rows_equal_rows_alone(engine) -> None:
     together = engine.generate(requests)
     assert together == [engine.generate([r])[0] for r in requests]
     assert together[::-1] == engine.generate(requests[::-1])
+
+
+def test_identical_prompts_are_prefilled_once_and_sample_as_they_would_alone(engine, monkeypatch) -> None:
+    """The images of one WebUI prompt share their first pass's prompt: it runs once and its
+    cache rows are copied, with each row's tokens those of the row alone (its own seed)."""
+    shared, other = list(prompt(20, 11)), list(prompt(21, 6))
+    sampling = SamplingSettings(temperature=1.0, max_new_tokens=12)
+    requests = [GenerationRequest(ids, seed=seed, sampling=sampling)
+                for ids, seed in ((shared, 1), (other, 2), (shared, 3), (shared, 4))]  # fmt: skip
+    prefilled: list[int] = []
+    rows = engine._prefill_rows
+    monkeypatch.setattr(engine, "_prefill_rows", lambda cache, prompts: prefilled.append(len(prompts)) or rows(cache, prompts))
+    together = engine.generate(requests)
+    assert prefilled == [2]
+    assert together == [engine.generate([r])[0] for r in requests]
+    assert len({r.new_ids for r in together}) > 1  # seeds still tell the shared prompt's rows apart
 
 
 def test_work_split_and_stop_cadence_do_not_change_tokens(tiny_llama, engine, monkeypatch) -> None:
@@ -487,3 +503,18 @@ def test_kernel_linear_rows_do_not_depend_on_the_batch_beyond_one_row() -> None:
     for first in (0, 7, 18):
         pair = kernels.linear(x[first : first + 2], weight, norm=norm, eps=1e-5, blocks=(16, 64, 4))
         assert torch.equal(pair, batched[first : first + 2]), first
+
+
+def test_cpu_product_weights_are_column_major_and_moves_keep_them_so(tiny_llama) -> None:
+    """On the CPU each product's weight is an [out, in] view of [in, out] memory (MKL's fast
+    ``x @ W``), the embedding stays row-major (rows are gathered), and ``to`` lays weights out
+    for the device they land on, values unchanged."""
+    weights = LlamaWeights.from_model(tiny_llama)
+    layer = weights.layers[0]
+    for weight in (layer.qkv, layer.o, layer.gate_up, layer.down, weights.lm_head):
+        assert weight.t().is_contiguous() and not weight.is_contiguous()
+    assert weights.embed.is_contiguous()
+    moved = weights.to("cpu")
+    assert moved.layers[0].down.t().is_contiguous() and torch.equal(moved.layers[0].down, layer.down)
+    state = tiny_llama.state_dict()
+    assert torch.equal(layer.down, state["model.layers.0.mlp.down_proj.weight"])

@@ -285,8 +285,24 @@ class FastEngine:
         return cache
 
     def _prefill(self, cache: KVCache, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Logits ``[B, V]`` of each row's last prompt token, rows in groups (PREFILL_TOKENS,
-        PREFILL_SCORES)."""
+        """Logits ``[B, V]`` of each row's last prompt token.
+
+        Identical prompts are run once and their cache rows copied: the images of a WebUI batch
+        share one prompt, so their first pass has one prompt ``B`` times, and on the CPU a
+        prefill costs as much arithmetic as dozens of decode steps."""
+        distinct: dict[tuple[int, ...], int] = {}
+        source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+        if len(distinct) == len(prompts):
+            return self._prefill_rows(cache, prompts)
+        logits = self._prefill_rows(cache, list(distinct))  # into rows 0 .. len(distinct) - 1
+        index = torch.tensor(source, device=self.device)
+        width = max(len(p) for p in distinct)
+        for part in (cache.k, cache.v):
+            part[:, : len(prompts), :, :width] = part[:, index, :, :width]  # the gather copies first
+        return logits[index]
+
+    def _prefill_rows(self, cache: KVCache, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """:meth:`_prefill` of rows ``0 .. B-1``, in groups (PREFILL_TOKENS, PREFILL_SCORES)."""
         outputs, first = [], 0
         while first < len(prompts):
             end, width = first + 1, len(prompts[first])

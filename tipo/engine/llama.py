@@ -23,7 +23,7 @@ import torch
 
 from tipo.errors import ModelNotFoundError, UnsupportedModelError
 
-__all__ = ["KVCache", "LayerWeights", "LlamaShape", "LlamaWeights", "Packed", "pack_rows"]
+__all__ = ["KVCache", "LayerWeights", "LlamaShape", "LlamaWeights", "Packed", "pack_rows", "product_layout"]
 
 
 @dataclass(frozen=True)
@@ -114,18 +114,24 @@ class LlamaWeights:
         return self.embed.dtype
 
     def to(self, device: torch.device | str) -> LlamaWeights:
-        """The same weights on ``device`` (a tied ``lm_head`` stays tied)."""
+        """The same weights on ``device`` (a tied ``lm_head`` stays tied), laid out for it."""
 
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device)
+
+        def product(t: torch.Tensor) -> torch.Tensor:
+            return product_layout(t.to(device))
 
         embed = move(self.embed)
         return LlamaWeights(
             shape=self.shape,
             embed=embed,
-            layers=tuple(LayerWeights(**{k: move(v) for k, v in vars(layer).items()}) for layer in self.layers),
+            layers=tuple(
+                LayerWeights(**{k: product(v) if v.dim() == 2 else move(v) for k, v in vars(layer).items()})
+                for layer in self.layers
+            ),
             norm=move(self.norm),
-            lm_head=embed if self.lm_head is self.embed else move(self.lm_head),
+            lm_head=embed if self.lm_head is self.embed else product(self.lm_head),
             cos=move(self.cos),
             sin=move(self.sin),
         )
@@ -160,20 +166,23 @@ class LlamaWeights:
                 offset += part.shape[0]
             return out
 
+        def product(names: Sequence[str], rows: Sequence[int], columns: int) -> torch.Tensor:
+            return product_layout(take(names, rows, columns))
+
         hidden, inter = s.hidden_size, s.intermediate_size
         layers = []
         for index in range(s.num_layers):
             p = f"model.layers.{index}."
             layers.append(LayerWeights(
                 attn_norm=take([p + "input_layernorm.weight"], [hidden], None),
-                qkv=take([p + f"self_attn.{n}_proj.weight" for n in "qkv"], [q_rows, kv_rows, kv_rows], hidden),
-                o=take([p + "self_attn.o_proj.weight"], [hidden], q_rows),
+                qkv=product([p + f"self_attn.{n}_proj.weight" for n in "qkv"], [q_rows, kv_rows, kv_rows], hidden),
+                o=product([p + "self_attn.o_proj.weight"], [hidden], q_rows),
                 mlp_norm=take([p + "post_attention_layernorm.weight"], [hidden], None),
-                gate_up=take([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], [inter, inter], hidden),
-                down=take([p + "mlp.down_proj.weight"], [hidden], inter),
+                gate_up=product([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], [inter, inter], hidden),
+                down=product([p + "mlp.down_proj.weight"], [hidden], inter),
             ))  # fmt: skip
         embed = take(["model.embed_tokens.weight"], [s.vocab_size], hidden)
-        lm_head = embed if s.tie_word_embeddings else take(["lm_head.weight"], [s.vocab_size], hidden)
+        lm_head = embed if s.tie_word_embeddings else product(["lm_head.weight"], [s.vocab_size], hidden)
         cos, sin = _rotary_table(s, device, dtype)
         norm = take(["model.norm.weight"], [hidden], None)
         return cls(s, embed, tuple(layers), norm, lm_head, cos, sin)
@@ -218,6 +227,20 @@ class LlamaWeights:
                 raise ModelNotFoundError(f"{folder / file}: cannot read tensor {name!r}: {error}") from error
 
         return cls.build(LlamaShape.from_config(config), get, device, dtype)
+
+
+def product_layout(weight: torch.Tensor) -> torch.Tensor:
+    """A product's ``[out, in]`` weight in the memory order its device multiplies fastest.
+
+    On the CPU: column-major (an ``[out, in]`` view of ``[in, out]`` memory), so ``F.linear``
+    runs BLAS's plain ``x @ W`` instead of ``x @ W^T``, where MKL repacks the weights on every
+    call: a decode step of 8 rows took 88 ms instead of 111 (TIPO-200M, fp32, 2 cores), one row
+    the same, and rows from two on are bit-equal whatever the batch (benchmarks/README.md).
+    Elsewhere row-major (contiguous), as cuBLAS and the Triton kernels expect.
+    """
+    if weight.device.type == "cpu":
+        return weight if weight.t().is_contiguous() else weight.t().contiguous().t()
+    return weight.contiguous()
 
 
 def _rotary_table(shape: LlamaShape, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
