@@ -363,7 +363,7 @@ def test_kernels_are_refused_where_they_cannot_run(engine: FastEngine) -> None:
 
 
 @pytest.mark.skipif(not kernels.available(), reason="no Triton")
-@pytest.mark.parametrize("fault", ["none", "compile error", "wrong numbers"])
+@pytest.mark.parametrize("fault", ["none", "compile error", "wrong numbers", "wrong numbers for one row"])
 def test_the_kernel_check_keeps_the_torch_path_when_kernels_fail(
     engine: FastEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
@@ -377,6 +377,10 @@ def test_the_kernel_check_keeps_the_torch_path_when_kernels_fail(
     elif fault == "wrong numbers":
         right = kernels.linear
         monkeypatch.setattr(kernels, "linear", lambda x, weight, **kw: right(x, weight.flip(0), **kw))
+    elif fault == "wrong numbers for one row":  # the one-row kernel alone broken
+        right = kernels.linear
+        monkeypatch.setattr(kernels, "linear",
+                            lambda x, weight, **kw: right(x, weight.flip(0) if x.shape[0] == 1 else weight, **kw))  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="tipo.engine.fast"):
         passed = engine._check_kernels()
     assert passed == (fault == "none")
@@ -480,6 +484,7 @@ def test_kernel_linear_fuses_norm_silu_and_residual(rows: int) -> None:
         "residual": (kernels.linear(x, weight, residual=residual.clone(), blocks=blocks), residual + F.linear(x, weight)),
         "float32 out": (kernels.linear(x, weight, out_dtype=torch.float32, blocks=blocks), F.linear(x, weight).float()),
     }  # fmt: skip
+    forms["column-major weight"] = (kernels.linear(x, weight.t().contiguous().t(), blocks=blocks), F.linear(x, weight))
     for name, (ours, theirs) in forms.items():
         assert ours.dtype == theirs.dtype, name
         torch.testing.assert_close(ours, theirs, atol=2e-2, rtol=1e-2, msg=name)

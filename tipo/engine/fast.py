@@ -319,7 +319,8 @@ class FastEngine:
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
     def _check_kernels(self) -> bool:
-        """One decode step of two short rows with the Triton kernels and with torch: True if
+        """Decode steps of two short rows, then of one (each product kernel of
+        :func:`tipo.engine.kernels.linear`), with the Triton kernels and with torch: True if
         they agree (relative error < 1 %). Anything else (no compiler, a Triton too old, wrong
         numbers) is logged once and the engine keeps the torch path."""
         w = self._weights
@@ -331,7 +332,10 @@ class FastEngine:
                 prefill(w, cache, pack_rows(rows, 0, self.device), kernels=kernels)
                 tokens = torch.tensor([7, 8], device=self.device)
                 positions = torch.tensor([len(r) for r in rows], device=self.device)
-                logits.append(decode_step(w, cache, tokens, positions, LENGTH_BUCKET, kernels=kernels))
+                # Both rows (tensor-core products), then the first alone (one-row products).
+                both = decode_step(w, cache, tokens, positions, LENGTH_BUCKET, kernels=kernels)
+                alone = decode_step(w, cache, tokens[:1], positions[:1] + 1, LENGTH_BUCKET, kernels=kernels)
+                logits.append(torch.cat([both, alone]))
             ours, torch_path = logits
             error = float((ours - torch_path).norm() / torch_path.norm().clamp_min(1e-6))
             if not torch.isfinite(ours).all() or not error < 1e-2:

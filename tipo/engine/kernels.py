@@ -137,7 +137,7 @@ if triton is not None:
 
     @triton.jit
     def _linear_kernel(  # type: ignore[no-untyped-def]
-        x_ptr, w_ptr, out_ptr, norm_ptr, rows, n, k, x_stride, eps,
+        x_ptr, w_ptr, out_ptr, norm_ptr, rows, n, k, x_stride, w_stride_n, w_stride_k, eps,
         PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):  # fmt: skip
@@ -164,7 +164,8 @@ if triton is not None:
             if PROLOGUE == 1:
                 scale = tl.load(norm_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
                 a = (scale[None, :] * (a.to(tl.float32) / root[:, None]).to(dtype).to(tl.float32)).to(dtype)
-            weight = tl.load(w_ptr + cols[None, :] * k + kk[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            weight = tl.load(w_ptr + cols[None, :] * w_stride_n + kk[:, None] * w_stride_k,
+                             mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
             acc += tl.dot(a, weight)
         y = acc.to(dtype)  # the product rounded as cuBLAS returns it
         target = out_ptr + m[:, None] * n + cols[None, :]
@@ -175,7 +176,7 @@ if triton is not None:
 
     @triton.jit
     def _row_linear_kernel(  # type: ignore[no-untyped-def]
-        x_ptr, w_ptr, out_ptr, norm_ptr, n, k, x_stride, eps,
+        x_ptr, w_ptr, out_ptr, norm_ptr, n, k, x_stride, w_stride_n, w_stride_k, eps,
         PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):  # fmt: skip
         """``out[row, :] (+)= prologue(x[row]) @ w.T`` for one row and a block of outputs, on CUDA
@@ -200,7 +201,8 @@ if triton is not None:
                 if PROLOGUE == 1:
                     squares += a * a
                     a = a * tl.load(norm_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
-            weight = tl.load(w_ptr + cols[:, None] * k + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            weight = tl.load(w_ptr + cols[:, None] * w_stride_n + kk[None, :] * w_stride_k,
+                             mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
             acc += weight.to(tl.float32) * a[None, :]
         y = tl.sum(acc, axis=1)
         if PROLOGUE == 1:
@@ -294,7 +296,8 @@ def linear(
     ``[B, 2 k]`` and goes through :func:`silu_mul` first; ``residual``: the product is added
     into that ``[B, n]`` in place (and returned), rounded as :func:`add_rms_norm_` adds.
     ``out_dtype`` (float32 for logits) stores the rounded product wider. Half-precision weights
-    only (``tl.dot`` of float32 would round to tf32).
+    only (``tl.dot`` of float32 would round to tf32), in any memory order (CUDA weights are
+    row-major, and Triton specialises the unit stride; the CPU's, in tests, column-major).
 
     Why by hand: at a few rows a product only streams its weights, yet each cuBLAS call took
     3-5 µs against 0.4-2.4 µs of weight reads for TIPO's shapes on an H100, and the norms, SiLU
@@ -311,7 +314,7 @@ def linear(
     if rows == 1 and n < ROW_LINEAR_MAX_OUTPUTS:
         block_n, block_k, warps = blocks or row_linear_blocks(n, k)
         _row_linear_kernel[(triton.cdiv(n, block_n), 1)](
-            x, weight, out, weight if norm is None else norm, n, k, x.stride(0), eps,
+            x, weight, out, weight if norm is None else norm, n, k, x.stride(0), weight.stride(0), weight.stride(1), eps,
             PROLOGUE=1 if norm is not None else 2 if silu else 0, RESIDUAL=residual is not None,
             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
         )  # fmt: skip
@@ -320,7 +323,7 @@ def linear(
         x = silu_mul(x)
     block_n, block_k, warps = blocks or linear_blocks(n, k)
     _linear_kernel[(triton.cdiv(n, block_n), triton.cdiv(rows, LINEAR_ROWS))](
-        x, weight, out, weight if norm is None else norm, rows, n, k, x.stride(0), eps,
+        x, weight, out, weight if norm is None else norm, rows, n, k, x.stride(0), weight.stride(0), weight.stride(1), eps,
         PROLOGUE=0 if norm is None else 1, RESIDUAL=residual is not None,
         BLOCK_M=LINEAR_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )  # fmt: skip
