@@ -145,14 +145,15 @@ class FastEngine:
         self._check_every = int(stop_check_every)
         if self._check_every < 1:
             raise InvalidArgument(f"stop_check_every={stop_check_every!r} (must be >= 1)")
-        if kernels and not (on_cuda and kernel_module.available() and kernels_support(weights.shape, weights.dtype)):
+        kernels_run_here = on_cuda and kernel_module.available() and kernels_support(weights.shape, weights.dtype)
+        if kernels and not kernels_run_here:
             raise InvalidArgument(
                 "kernels=True needs CUDA half-precision weights, Triton and a power-of-two head size "
                 f"(device {weights.device}, Triton {'present' if kernel_module.available() else 'missing'}, "
                 f"dtype {weights.dtype}, head size {weights.shape.head_dim})"
             )
         # None: on where they can run, after a check against the torch path on first use.
-        self._kernels = kernels is not False and on_cuda and kernel_module.available() and kernels_support(weights.shape, weights.dtype)
+        self._kernels = kernels is not False and kernels_run_here
         self._kernels_checked = kernels is True or not self._kernels
         # Sampling over the top-k candidates (sampling.warp_candidates); False: transformers'
         # processors over the whole vocabulary, token for token.

@@ -82,7 +82,7 @@ def prefill(
             out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, is_causal=True)
         else:
             assert future is not None
-            out = _causal_attention(queries.transpose(1, 2), keys, values, future)
+            out = _attention(queries.transpose(1, 2), keys, values, future)
         out = out.transpose(1, 2)[packed.local, packed.positions].reshape(T, H * D)  # [T, H * D]
         if kernels:
             h = k.add_rms_norm_(x, F.linear(out, layer.o), layer.mlp_norm, s.rms_norm_eps)
@@ -95,12 +95,11 @@ def prefill(
     return _logits(w, x[packed.last])
 
 
-def _causal_attention(
-    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, future: torch.Tensor
-) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(D)) v`` over ``[G, H, W, D]``, ``future`` masked, softmax in float32."""
-    scores = torch.matmul(queries, keys.transpose(-1, -2)) * (1.0 / math.sqrt(queries.shape[-1]))  # [G, H, W, W]
-    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32)
+def _attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(D)) v`` written out, ``hidden`` positions masked, softmax in
+    float32 (transformers' eager attention): ``[..., Q, D]`` queries against ``[..., S, D]``."""
+    scores = torch.matmul(queries, keys.transpose(-1, -2)) * (1.0 / math.sqrt(queries.shape[-1]))  # [..., Q, S]
+    probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1, dtype=torch.float32)
     return torch.matmul(probs.to(queries.dtype), values)
 
 
@@ -150,9 +149,9 @@ def decode_step(
         for index, layer in enumerate(w.layers):
             x = _fused_layer(x, layer, cache, index, rows, positions, cos, sin, hidden, length, s)
         return _logits(w, x)
-    scale = 1.0 / math.sqrt(D)
     if sdpa is None:
         sdpa = not tokens.is_cuda
+    visible = ~hidden if sdpa else None
     for index, layer in enumerate(w.layers):
         q, k, v = F.linear(_rms_norm(x, layer.attn_norm, s.rms_norm_eps), layer.qkv).split([H * D, K * D, K * D], -1)
         cache.k[index][rows, :, positions] = _rotate(k.view(B, K, D), cos, sin)
@@ -160,12 +159,10 @@ def decode_step(
         # The H // K query heads sharing a key/value head act as its query rows: [B, K, G, D].
         q = _rotate(q.view(B, H, D), cos, sin).view(B, K, H // K, D)
         keys, values = cache.k[index][:B, :, :length], cache.v[index][:B, :, :length]
-        if sdpa:
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=~hidden)
+        if visible is not None:
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
         else:
-            scores = torch.matmul(q, keys.transpose(-1, -2)) * scale  # [B, K, G, S]
-            probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1, dtype=torch.float32)
-            out = torch.matmul(probs.to(q.dtype), values)  # [B, K, G, D]
+            out = _attention(q, keys, values, hidden)  # [B, K, G, D]
         x = _mlp(x + F.linear(out.reshape(B, H * D), layer.o), layer, s.rms_norm_eps)
     return _logits(w, x)
 
@@ -198,9 +195,7 @@ def _fused_layer(
     q = qk[:, :H].reshape(B, K, H // K, D)  # the query heads of a key/value head as its rows
     # Written out rather than F.scaled_dot_product_attention: on an H100 its kernel choice made
     # the same call sample differently from one engine to the next (benchmarks/README.md).
-    scores = torch.matmul(q, cache.k[index][:B, :, :length].transpose(-1, -2)) * (1.0 / math.sqrt(D))  # [B, K, G, S]
-    probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1, dtype=torch.float32)
-    out = torch.matmul(probs.to(q.dtype), cache.v[index][:B, :, :length])  # [B, K, G, D]
+    out = _attention(q, cache.k[index][:B, :, :length], cache.v[index][:B, :, :length], hidden)  # [B, K, G, D]
     x = torch.addmm(x, out.reshape(B, H * D), layer.o.t())
     gate, up = F.linear(_fused_norm(x, layer.mlp_norm, s.rms_norm_eps), layer.gate_up).chunk(2, dim=-1)
     return torch.addmm(x, F.silu(gate) * up, layer.down.t())

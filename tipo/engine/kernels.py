@@ -302,8 +302,8 @@ def linear(
     Why by hand: at a few rows a product only streams its weights, yet each cuBLAS call took
     3-5 µs against 0.4-2.4 µs of weight reads for TIPO's shapes on an H100, and the norms, SiLU
     and residual adds around it were three more launches a layer. One row (a single request)
-    runs on CUDA cores, a program per block of outputs (``_row_linear_kernel``: 2.6-4.2 µs a
-    product, benchmarks/README.md); more rows, and the vocabulary-wide logits product, run on
+    runs on CUDA cores, a program per block of outputs (``_row_linear_kernel``: 5.1 µs a
+    product on average inside a 200M step, benchmarks/README.md); more rows, and the vocabulary-wide logits product, run on
     tensor cores in blocks of :data:`LINEAR_ROWS` rows, so a row's sums do not depend on how many
     rows share its step. ``blocks`` = (outputs, reduction, warps) per program, default tuned.
     """

@@ -127,15 +127,11 @@ def warp_logits(
     """
     import torch
 
-    scores = scores.float()
-    if banned is not None:
-        scores = scores.masked_fill(banned, float("-inf"))
     if seen is None:
         if context_ids is None:
             raise InvalidArgument("warp_logits needs context_ids or seen")
         seen = seen_tokens(context_ids, context_valid, scores.shape[-1])
-    scores = torch.where(seen, _penalise(scores, params.penalty), scores)
-    scores = scores / params.temperature
+    scores = _adjust(scores, params, banned, seen)
     if params.max_top_k > 0:
         scores = _apply_top_k(scores, params)
     if params.any_top_p:
@@ -166,9 +162,7 @@ def warp_candidates(
     """
     import torch
 
-    scores = scores.float().masked_fill(banned, float("-inf"))
-    scores = torch.where(seen, _penalise(scores, params.penalty), scores)
-    scores = scores / params.temperature
+    scores = _adjust(scores, params, banned, seen)
     values, ids = torch.topk(scores, min(params.max_top_k, scores.shape[-1]), dim=-1)  # descending
     k = params.top_k.clamp(1, values.shape[-1])
     values = values.masked_fill(values < values.gather(1, (k - 1).unsqueeze(1)), float("-inf"))
@@ -184,6 +178,18 @@ def warp_candidates(
         remove[:, 0] = False
         values = values.masked_fill(remove, float("-inf"))
     return values, ids
+
+
+def _adjust(scores: torch.Tensor, params: RowParams, banned: torch.Tensor | None, seen: torch.Tensor) -> torch.Tensor:
+    """float32 logits with ``banned`` tokens removed, the repetition penalty on ``seen`` tokens,
+    divided by the temperature: what every filter of :func:`warp_logits` starts from."""
+    import torch
+
+    scores = scores.float()
+    if banned is not None:
+        scores = scores.masked_fill(banned, float("-inf"))
+    scores = torch.where(seen, _penalise(scores, params.penalty), scores)
+    return scores / params.temperature
 
 
 def race_candidates(values: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

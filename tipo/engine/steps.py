@@ -79,7 +79,8 @@ class StepBuffers:
         prompts = [r.input_ids for r in requests]
         width = max(len(p) for p in prompts)
         ids = torch.tensor([list(p) + [0] * (width - len(p)) for p in prompts], dtype=torch.long, device=device)
-        valid = torch.arange(width, device=device) < torch.tensor([len(p) for p in prompts], device=device)[:, None]
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        valid = torch.arange(width, device=device) < lengths[:, None]
         self.seen.zero_()
         self.seen[:rows] = seen_tokens(ids, valid, self.seen.shape[1])
         self.banned.zero_()
@@ -89,7 +90,7 @@ class StepBuffers:
         self.banned_with_eos[:, eos_id] = True
         self.eos_id = eos_id
         self.lengths.zero_()
-        self.lengths[:rows] = torch.tensor([len(p) for p in prompts], device=device)
+        self.lengths[:rows] = lengths
         self.limits.zero_()
         self.limits[:rows] = torch.tensor(limits, device=device)
         self.finished.fill_(True)
